@@ -1,0 +1,420 @@
+"""The one trainer of every method.
+
+    python -m common.train --config experiments/byol.py:local --workdir /tmp/byol
+
+Phases of `main`, top to bottom: distributed init -> method and networks -> mesh -> state (init,
+or restore from the workdir) -> data from the restored step -> jitted step -> loop (metrics,
+checkpoints, SIGTERM) -> final evaluation.
+
+Guarantees a long pod job relies on:
+* the step is a pure function `train_step(setup, state, batch) -> (state, metrics)`, jitted once
+  over a `Mesh` with the batch on the `data` axis and the state donated; BatchNorm statistics and
+  contrastive negatives are global because the batch is one global array;
+* the step's randomness is `fold_in(seed, step)` and the data stream is a function of
+  (seed, step), so a run resumed from a checkpoint computes exactly what the uninterrupted run
+  would have;
+* SIGTERM (preemption) writes a checkpoint of the last completed step and exits cleanly;
+  NaN/inf stops the run before anything non-finite is saved.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import signal
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from common import augment, checkpoint, metrics, optim
+from common.method import Method, Networks, get_method
+
+PyTree = Any
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a step reads and writes; a plain pytree (Orbax saves it as it is).
+
+    Attributes:
+      step: number of completed optimiser steps (int32 scalar).
+      params: trainable parameters: one entry per trainable network plus `classifier` (the
+        stop-gradient online linear monitor).
+      ema_params: parameters of the EMA networks (e.g. `target`), never differentiated.
+      batch_stats: BatchNorm statistics of every network, by network name.
+      opt_state: optimiser state of `params`.
+    """
+
+    step: jax.Array
+    params: PyTree
+    ema_params: PyTree
+    batch_stats: PyTree
+    opt_state: PyTree
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """The static parts of a run: closed over by the jitted step, never traced."""
+
+    config: ml_collections.ConfigDict
+    method: Method
+    modules: Mapping[str, nn.Module]
+    classifier: nn.Module
+    optimizer: optax.GradientTransformation
+    learning_rate: Callable[[jax.Array], jax.Array]
+    total_steps: int
+
+
+# ---------------------------------------------------------------------------------------------
+# Building blocks (module level so tests can call them).
+
+
+def total_steps_of(config: ml_collections.ConfigDict, num_examples: int | None = None) -> int:
+    """`config.total_steps`, or `num_epochs` of the training split at `batch_size`."""
+    if config.get("total_steps"):
+        return int(config.total_steps)
+    if num_examples is None:
+        num_examples = int(config.data.num_examples)
+    return int(config.num_epochs * num_examples // config.batch_size)
+
+
+def warmup_steps_of(config: ml_collections.ConfigDict, num_examples: int | None) -> int:
+    o = config.optimizer
+    if o.get("warmup_steps") is not None and o.get("warmup_steps") >= 0:
+        return int(o.warmup_steps)
+    n = num_examples if num_examples is not None else int(config.data.num_examples)
+    if o.get("warmup_rule", "epochs") == "detcon":  # the released code: (epochs // 100) epochs
+        return optim.detcon_warmup_steps(config.num_epochs, n, config.batch_size)
+    return int(o.warmup_epochs * n // config.batch_size)
+
+
+def build(config: ml_collections.ConfigDict, num_examples: int | None = None) -> Setup:
+    """Resolves the method, its networks, the monitor and the optimiser from the config."""
+    method = get_method(config.method)(config)
+    total = total_steps_of(config, num_examples)
+    lr = optim.warmup_cosine_schedule(
+        base_lr=config.optimizer.base_lr,
+        batch_size=config.batch_size,
+        total_steps=total,
+        warmup_steps=warmup_steps_of(config, num_examples),
+    )
+    o = config.optimizer
+    if o.name == "lars":
+        tx = optim.lars(lr, weight_decay=o.weight_decay, eta=o.eta, momentum=o.momentum)
+    elif o.name == "adamw":
+        tx = optax.adamw(lr, weight_decay=o.weight_decay)
+    else:
+        raise ValueError(f"config.optimizer.name: unknown optimiser {o.name!r} (lars, adamw)")
+    return Setup(
+        config=config,
+        method=method,
+        modules=method.build_networks(),
+        classifier=nn.Dense(config.num_classes, name="classifier"),
+        optimizer=tx,
+        learning_rate=lr,
+        total_steps=total,
+    )
+
+
+def dummy_batch(config: ml_collections.ConfigDict, batch_size: int = 2) -> dict[str, jax.Array]:
+    s = config.data.image_size
+    return {"view1": jnp.zeros((batch_size, s, s, 3), jnp.float32)}
+
+
+def init_state(setup: Setup, rng: jax.Array) -> TrainState:
+    """Initialises every network (EMA networks from their own rng unless `ema.init == 'copy'`)."""
+    batch = dummy_batch(setup.config)
+    names = list(setup.modules)
+    rngs = dict(zip(names, jax.random.split(rng, len(names) + 1)[1:]))
+    variables = {}
+    for name in names:
+        args, kwargs = setup.method.init_args(name, batch)
+        variables[name] = setup.modules[name].init(rngs[name], *args, train=True, **kwargs)
+    if setup.config.ema.get("init", "independent") == "copy":
+        for ema, source in setup.method.ema_networks.items():
+            variables[ema] = _pick_like(variables[source], variables[ema])
+    params = {n: variables[n]["params"] for n in setup.method.trainable_networks}
+    emb_dim = _embedding_dim(setup, variables)
+    params["classifier"] = setup.classifier.init(
+        jax.random.fold_in(rng, 1), jnp.zeros((1, emb_dim))
+    )["params"]
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        ema_params={n: variables[n]["params"] for n in setup.method.ema_networks},
+        batch_stats={n: variables[n].get("batch_stats", {}) for n in names},
+        opt_state=setup.optimizer.init(params),
+    )
+
+
+def _embedding_dim(setup: Setup, variables) -> int:
+    source = setup.method.trainable_networks[0]
+    args, kwargs = setup.method.init_args(source, dummy_batch(setup.config))
+    out = jax.eval_shape(
+        lambda v: setup.modules[source].apply(
+            v, *args, train=False, **kwargs, mutable=False
+        ),
+        variables[source],
+    )
+    return int(out["embedding"].shape[-1])
+
+
+def _pick_like(source: PyTree, like: PyTree) -> PyTree:
+    """The sub-tree of `source` with the structure of `like` (a target has no predictor)."""
+    if isinstance(like, Mapping):
+        return {k: _pick_like(source[k], v) for k, v in like.items()}
+    return source
+
+
+def augment_views(setup: Setup, batch: Mapping[str, jax.Array], rng: jax.Array) -> dict:
+    """Photometric augmentation and normalisation of the method's views, on device."""
+    out = dict(batch)
+    for i, (key, preset_field) in enumerate(sorted(setup.method.augmented_views.items())):
+        preset = setup.config.augment[preset_field]
+        images = augment.augment_batch(jax.random.fold_in(rng, i), batch[key], preset)
+        out[key] = augment.normalize(images)
+    return out
+
+
+def train_step(
+    setup: Setup, state: TrainState, batch: Mapping[str, jax.Array]
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimiser step on a global batch: augment, loss, LARS, EMA, metrics."""
+    config, method = setup.config, setup.method
+    rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), state.step)
+    rng_aug, rng_loss = jax.random.split(rng)
+    batch = augment_views(setup, batch, rng_aug)
+
+    def loss_fn(params):
+        nets = Networks(
+            setup.modules,
+            {**params, **jax.lax.stop_gradient(state.ema_params)},
+            state.batch_stats,
+        )
+        loss, aux = method.loss(nets, batch, rng_loss, state.step)
+        # The online linear monitor (BYOL/DetCon): trained on stop-gradient features, so it
+        # measures the representation without shaping it.
+        logits = setup.classifier.apply(
+            {"params": params["classifier"]}, jax.lax.stop_gradient(aux["embedding"])
+        )
+        labels = batch["label"]
+        monitor_loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+        top1 = jnp.mean(jnp.argmax(logits, -1) == labels)
+        return loss + monitor_loss, (nets.new_batch_stats, aux, loss, monitor_loss, top1)
+
+    grads, (batch_stats, aux, loss, monitor_loss, top1) = jax.grad(loss_fn, has_aux=True)(
+        state.params
+    )
+    updates, opt_state = setup.optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+
+    ema_params, taus = {}, {}
+    for ema, source in method.ema_networks.items():
+        tau = method.tau(ema, state.step, setup.total_steps)
+        ema_params[ema] = optim.ema_update(
+            state.ema_params[ema], _pick_like(params[source], state.ema_params[ema]), tau
+        )
+        taus[f"tau_{ema}"] = tau
+
+    grad_norm = metrics.global_norm(grads)
+    step_metrics = {
+        "loss": loss,
+        "monitor_loss": monitor_loss,
+        "monitor_top1": top1,
+        "learning_rate": setup.learning_rate(state.step),
+        "grad_norm": grad_norm,
+        "param_norm": metrics.global_norm(params),
+        "update_norm": metrics.global_norm(updates),
+        "finite": jnp.isfinite(loss) & jnp.isfinite(grad_norm),
+        **taus,
+        **metrics.collapse_metrics(aux["projection"]),
+        **aux.get("metrics", {}),
+    }
+    new_state = TrainState(
+        step=state.step + 1,
+        params=params,
+        ema_params=ema_params,
+        batch_stats=batch_stats,
+        opt_state=opt_state,
+    )
+    return new_state, step_metrics
+
+
+# ---------------------------------------------------------------------------------------------
+# The run.
+
+
+def create_mesh() -> Mesh:
+    """All devices of all processes on one `data` axis (pure data parallelism)."""
+    return Mesh(np.asarray(jax.devices()), ("data",))
+
+
+def maybe_initialize_distributed(config: ml_collections.ConfigDict) -> None:
+    d = config.get("distributed")
+    if not d or not d.get("initialize"):
+        return
+    if d.get("cpu_collectives"):
+        jax.config.update("jax_cpu_collectives_implementation", d.cpu_collectives)
+    kwargs = {}
+    if d.get("coordinator_address"):
+        kwargs = dict(
+            coordinator_address=d.coordinator_address,
+            num_processes=d.num_processes,
+            process_id=d.process_id,
+        )
+    jax.distributed.initialize(**kwargs)
+
+
+def to_global(batch: Mapping[str, np.ndarray], sharding: NamedSharding) -> dict:
+    """This process's slice of the batch -> global arrays sharded on `data`."""
+    out = {}
+    for k, v in batch.items():
+        if k.startswith("_"):
+            continue
+        v = np.asarray(v)
+        if v.dtype == np.int64:
+            v = v.astype(np.int32)
+        out[k] = jax.make_array_from_process_local_data(sharding, v)
+    return out
+
+
+class _Preemption:
+    """Remembers a SIGTERM so the loop can checkpoint and exit between two steps."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        del signum, frame
+        self.requested = True
+
+    def restore(self):
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+def make_data_iterator(
+    config: ml_collections.ConfigDict, start_step: int
+) -> Iterator[dict[str, np.ndarray]]:
+    from common.data import pipeline  # tf.data is only imported by runs that read data
+
+    return pipeline.make_pretrain_iterator(
+        config.data,
+        global_batch_size=config.batch_size,
+        seed=config.seed,
+        start_step=start_step,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+
+
+def main(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+    """Trains (resuming from `workdir` if it holds a checkpoint); returns the final metrics."""
+    maybe_initialize_distributed(config)
+    from common.data import loading  # tf.data / TFDS only in runs that read data
+
+    num_examples = loading.ensure_dataset(config.data)
+    setup = build(config, num_examples)
+    os.makedirs(workdir, exist_ok=True)
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
+
+    mesh = create_mesh()
+    replicated = NamedSharding(mesh, P())
+    batch_sharding = NamedSharding(mesh, P("data"))
+    init = jax.jit(functools.partial(init_state, setup), out_shardings=replicated)
+    state = init(jax.random.PRNGKey(config.seed))
+    signature = checkpoint.model_signature(config, state)
+
+    ckpt = checkpoint.Checkpointer(workdir, keep=config.checkpoint.keep)
+    latest = ckpt.latest_step()
+    if latest is not None:
+        state = ckpt.restore(latest, state, signature)
+        print(f"resumed from {ckpt.directory} at step {latest}", flush=True)
+    start_step = int(state.step)
+
+    step_fn = jax.jit(
+        functools.partial(train_step, setup),
+        donate_argnums=0,
+        out_shardings=(replicated, replicated),
+    )
+    logger = metrics.MetricLogger(
+        workdir, total_steps=setup.total_steps, global_batch_size=config.batch_size
+    )
+    data = make_data_iterator(config, start_step)
+    preemption = _Preemption()
+    logger.start(start_step)
+    step_metrics: dict[str, Any] = {}
+    try:
+        for step in range(start_step + 1, setup.total_steps + 1):
+            batch = to_global(next(data), batch_sharding)
+            state, step_metrics = step_fn(state, batch)
+            if not bool(step_metrics["finite"]):
+                raise metrics.NonFiniteError(
+                    f"non-finite loss or gradients at step {step}; last good checkpoint: "
+                    f"step {ckpt.latest_step()} in {ckpt.directory}"
+                )
+            last = step == setup.total_steps
+            if step % config.log_every_steps == 0 or last:
+                logger.log(step, metrics.to_host(step_metrics))
+            if step % config.checkpoint.every_steps == 0 or last or preemption.requested:
+                ckpt.save(step, state, signature)
+            if preemption.requested:
+                ckpt.wait()
+                print(f"SIGTERM: checkpointed step {step} in {ckpt.directory}; exiting", flush=True)
+                sys.exit(0)
+    finally:
+        preemption.restore()
+        ckpt.wait()
+        logger.flush()
+
+    results = {k: float(v) for k, v in metrics.to_host(step_metrics).items()}
+    results.update(run_final_evaluation(setup, state, workdir, logger))
+    return results
+
+
+def run_final_evaluation(setup: Setup, state: TrainState, workdir: str, logger) -> dict:
+    """Evaluates the trained representation; prints a table and writes `final_eval.json`."""
+    from common.eval import run_evaluators
+
+    results = run_evaluators(setup, state, mesh=create_mesh())
+    if results:
+        logger.log(int(state.step), results, prefix="eval")
+        if jax.process_index() == 0:
+            with open(os.path.join(workdir, "final_eval.json"), "w") as f:
+                json.dump(results, f, indent=2)
+        width = max(len(k) for k in results)
+        print("evaluation at step", int(state.step))
+        for k, v in results.items():
+            print(f"  {k:<{width}}  {v:.4f}")
+    return results
+
+
+def cli(argv):
+    del argv
+    from absl import flags
+
+    main(flags.FLAGS.config, flags.FLAGS.workdir)
+
+
+if __name__ == "__main__":
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file("config", None, "experiments/<name>.py:<variant>")
+    flags.DEFINE_string("workdir", None, "checkpoints, metrics and pictures go here")
+    flags.mark_flags_as_required(["config", "workdir"])
+    app.run(cli)

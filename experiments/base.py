@@ -1,0 +1,129 @@
+"""Shared pieces of every experiment config.
+
+Each experiment file defines `get_config(arg)`; `arg` is a variant name optionally followed by
+`key=value` pairs, big_vision style: `experiments/byol.py:imagenet,epochs=300`. The returned
+config is locked: `--config.some_typo=1` fails instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+IMAGENET_TRAIN_EXAMPLES = 1_281_167
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+    """`'imagenet,epochs=300'` -> `{variant: 'imagenet', epochs: 300, ...defaults}`.
+
+    The first comma-separated item without `=` is the variant; values are converted to the type
+    of their default, and an unknown key fails with the list of valid ones.
+    """
+    out = dict(defaults)
+    for item in (arg or "").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        if "=" not in item:
+            out["variant"] = item
+            continue
+        key, value = item.split("=", 1)
+        if key not in defaults:
+            raise ValueError(f"config argument {key!r} unknown; valid: {sorted(defaults)}")
+        default = defaults[key]
+        if isinstance(default, bool):
+            out[key] = value.lower() in ("1", "true", "yes")
+        elif default is None:
+            out[key] = value
+        else:
+            out[key] = type(default)(value)
+    return ml_collections.ConfigDict(out)
+
+
+def data_config(**overrides) -> ml_collections.ConfigDict:
+    from common.data.pipeline import default_data_config
+
+    cfg = default_data_config()
+    cfg.update(overrides)
+    cfg.setdefault("build_if_missing", True)
+    return cfg
+
+
+def base_config(method: str, variant: str) -> ml_collections.ConfigDict:
+    """Trainer fields shared by every method; `variant` is `local` or `imagenet`."""
+    c = ml_collections.ConfigDict()
+    c.method = method
+    c.seed = 0
+    c.compute_dtype = "float32"
+    c.total_steps = 0  # 0: derived from num_epochs and the dataset size
+    c.num_epochs = 0
+    c.log_every_steps = 10
+    c.checkpoint = ml_collections.ConfigDict({"every_steps": 100, "keep": 3})
+    c.ema = ml_collections.ConfigDict({"base_tau": 0.996, "init": "independent"})
+    c.loss = ml_collections.ConfigDict({"temperature": 0.1})
+    c.augment = ml_collections.ConfigDict({"view1": "byol_view1", "view2": "byol_view2"})
+    c.optimizer = ml_collections.ConfigDict(
+        {
+            "name": "lars",
+            "base_lr": 0.2,
+            "weight_decay": 1.5e-6,
+            "momentum": 0.9,
+            "eta": 1e-3,
+            "warmup_epochs": 10,
+            "warmup_steps": -1,  # >= 0 overrides warmup_epochs / warmup_rule
+            "warmup_rule": "epochs",  # or "detcon": (num_epochs // 100) epochs
+        }
+    )
+    c.distributed = ml_collections.ConfigDict(
+        {
+            "initialize": False,
+            "coordinator_address": "",
+            "num_processes": 1,
+            "process_id": 0,
+            "cpu_collectives": "",
+        }
+    )
+    c.method_kwargs = ml_collections.ConfigDict()
+    if variant == "imagenet":
+        c.batch_size = 4096
+        c.num_epochs = 1000
+        c.num_classes = 1000
+        c.model = ml_collections.ConfigDict(
+            {
+                "backbone": "resnet50",
+                "backbone_kwargs": {},
+                "projector_hidden": 4096,
+                "projector_dim": 256,
+                "predictor_hidden": 4096,
+            }
+        )
+        c.data = data_config(
+            name="imagenet2012", split="train", image_size=224, num_examples=IMAGENET_TRAIN_EXAMPLES
+        )
+        c.compute_dtype = "bfloat16"
+        c.log_every_steps = 100
+        c.checkpoint.every_steps = 1000
+        c.evals = ml_collections.ConfigDict({"monitor": {"split": "validation", "batch_size": 1024}})
+    elif variant == "local":
+        # A few minutes on 2 CPU cores: small ResNet with a stride-8 stem, so 64 px views give an
+        # 8x8 feature grid (DetCon needs >= 6x6; XLA:CPU is slow on 2x2 maps, DESIGN.md).
+        c.batch_size = 64
+        c.total_steps = 300
+        c.num_classes = 10
+        c.model = ml_collections.ConfigDict(
+            {
+                "backbone": "resnet18",
+                "backbone_kwargs": {"small_stem": True},
+                "projector_hidden": 512,
+                "projector_dim": 128,
+                "predictor_hidden": 512,
+            }
+        )
+        c.data = data_config(name="synthetic_scenes", split="train", image_size=64)
+        c.optimizer.warmup_steps = 30
+        c.optimizer.base_lr = 0.4
+        c.ema.base_tau = 0.99
+        c.checkpoint.every_steps = 50
+        c.evals = ml_collections.ConfigDict({"monitor": {"split": "validation", "batch_size": 128}})
+    else:
+        raise ValueError(f"unknown config variant {variant!r}; use 'local' or 'imagenet'")
+    return c
