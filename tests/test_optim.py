@@ -1,0 +1,207 @@
+"""Tests for common/optim.py: LARS ordering vs a numpy loop, schedules at known points."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from common import optim
+
+
+def _params():
+    rng = np.random.default_rng(0)
+    f = lambda *s: rng.normal(size=s).astype(np.float32)
+    return {
+        "Dense_0": {"kernel": f(3, 4), "bias": f(4)},
+        "BatchNorm_0": {"scale": f(4), "bias": f(4)},
+        "block": {"proj_bn": {"scale": f(4)}, "Conv_0": {"kernel": f(2, 2, 3, 4)}},
+        "zero": {"kernel": np.zeros((5,), np.float32)},
+    }
+
+
+EXCLUDED = {
+    ("Dense_0", "bias"),
+    ("BatchNorm_0", "scale"),
+    ("BatchNorm_0", "bias"),
+    ("block", "proj_bn", "scale"),
+}
+
+
+def test_default_exclude():
+    for path in EXCLUDED:
+        assert optim.default_exclude(path), path
+    assert optim.default_exclude(("LayerNorm_3", "scale"))
+    assert optim.default_exclude(("encoder", "BN1", "mean"))
+    assert not optim.default_exclude(("Dense_0", "kernel"))
+    assert not optim.default_exclude(("block", "Conv_0", "kernel"))
+    assert not optim.default_exclude(("Embed_0", "embedding"))
+    assert not optim.default_exclude(())
+
+
+def _flat(tree):
+    return {
+        optim.path_names(p): np.asarray(v, np.float64)
+        for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]
+    }
+
+
+def numpy_lars(params, grads_seq, lrs, wd, eta, mom):
+    """The 4 steps of METHODS.md §1.4 on plain float64 numpy arrays, leaf by leaf."""
+    w = _flat(params)
+    m = {k: np.zeros_like(v) for k, v in w.items()}
+    history = []
+    for g_tree, lr in zip(grads_seq, lrs):
+        g = _flat(g_tree)
+        for k in w:
+            u = g[k].copy()
+            if k not in EXCLUDED:
+                u = u + wd * w[k]
+                wn, un = np.linalg.norm(w[k]), np.linalg.norm(u)
+                u = u * (eta * wn / un if wn > 0 and un > 0 else 1.0)
+            m[k] = mom * m[k] + u
+            w[k] = w[k] - lr * m[k]
+        history.append({k: v.copy() for k, v in w.items()})
+    return history
+
+
+def _run(tx, params, grads_seq):
+    state = tx.init(params)
+    step = jax.jit(tx.update)
+    out = []
+    for g in grads_seq:
+        upd, state = step(g, state, params)
+        params = optax.apply_updates(params, upd)
+        out.append(_flat(params))
+    return out
+
+
+def _grads(n, seed=1):
+    rng = np.random.default_rng(seed)
+    seq = []
+    for _ in range(n):
+        g = jax.tree_util.tree_map(lambda x: rng.normal(size=x.shape).astype(np.float32), _params())
+        g["zero"]["kernel"] = rng.normal(size=(5,)).astype(np.float32)
+        seq.append(g)
+    return seq
+
+
+def test_lars_matches_numpy_loop_with_varying_lr():
+    params, grads = _params(), _grads(5)
+    sched = lambda count: 0.5 * (count + 1.0)  # strongly varying lr
+    lrs = [sched(i) for i in range(5)]
+    wd, eta, mom = 0.1, 1e-2, 0.9
+    got = _run(optim.lars(sched, weight_decay=wd, eta=eta, momentum=mom), params, grads)
+    want = numpy_lars(params, grads, lrs, wd, eta, mom)
+    for g_step, w_step in zip(got, want):
+        for k in w_step:
+            np.testing.assert_allclose(g_step[k], w_step[k], rtol=1e-5, atol=1e-6, err_msg=k)
+
+    # optax.lars traces -lr*u instead of u: equal for a constant lr, different otherwise.
+    mask = lambda p: jax.tree_util.tree_map_with_path(
+        lambda path, _: not optim.default_exclude(optim.path_names(path)), p
+    )
+
+    def optax_lars(lr):
+        return optax.lars(
+            lr,
+            weight_decay=wd,
+            weight_decay_mask=mask,
+            trust_coefficient=eta,
+            trust_ratio_mask=mask,
+            momentum=mom,
+        )
+
+    theirs = _run(optax_lars(sched), params, grads)
+    key = ("Dense_0", "kernel")
+    assert not np.allclose(theirs[-1][key], got[-1][key], rtol=1e-4, atol=1e-6)
+    const_ours = _run(optim.lars(0.3, weight_decay=wd, eta=eta, momentum=mom), params, grads)
+    const_theirs = _run(optax_lars(0.3), params, grads)
+    np.testing.assert_allclose(const_ours[-1][key], const_theirs[-1][key], rtol=1e-5)
+
+
+def test_lars_excluded_leaves_are_plain_momentum_sgd():
+    params, grads = _params(), _grads(3, seed=2)
+    got = _run(optim.lars(0.1, weight_decay=0.5, eta=1e-3), params, grads)
+    w0 = _flat(params)
+    for k in EXCLUDED:
+        m = np.zeros_like(w0[k])
+        w = w0[k].copy()
+        for g in grads:
+            m = 0.9 * m + _flat(g)[k]
+            w = w - 0.1 * m
+        np.testing.assert_allclose(got[-1][k], w, rtol=1e-5, atol=1e-6, err_msg=str(k))
+
+
+def test_lars_zero_norms():
+    params = {"Dense_0": {"kernel": jnp.zeros((3,)), "other": jnp.ones((3,))}}
+    grads = {"Dense_0": {"kernel": jnp.full((3,), 2.0), "other": jnp.zeros((3,))}}
+    tx = optim.lars(1.0, weight_decay=0.0)
+    upd, _ = tx.update(grads, tx.init(params), params)
+    # |w| = 0 -> ratio 1 -> update = -lr * g; |u| = 0 -> ratio 1 -> update 0, no NaN.
+    np.testing.assert_allclose(upd["Dense_0"]["kernel"], -2.0 * np.ones(3))
+    np.testing.assert_array_equal(upd["Dense_0"]["other"], np.zeros(3))
+    with pytest.raises(ValueError):
+        tx.update(grads, tx.init(params), None)
+
+
+def test_warmup_cosine_schedule_known_points():
+    total, warm = 31_278, 312
+    s = optim.warmup_cosine_schedule(
+        base_lr=0.2, batch_size=4096, total_steps=total, warmup_steps=warm
+    )
+    peak = 3.2
+    np.testing.assert_allclose(float(s(0)), 0.0)
+    np.testing.assert_allclose(float(s(warm // 2)), peak * (warm // 2) / warm, rtol=1e-6)
+    np.testing.assert_allclose(float(s(warm - 1)), peak * (warm - 1) / warm, rtol=1e-6)
+    np.testing.assert_allclose(float(s(warm)), peak, rtol=1e-6)  # end of warm-up
+    mid = warm + (total - warm) // 2
+    np.testing.assert_allclose(float(s(mid)), peak / 2, rtol=1e-4)
+    np.testing.assert_allclose(float(s(total)), 0.0, atol=1e-6)
+    np.testing.assert_allclose(float(s(total + 1000)), 0.0, atol=1e-6)
+    # DeepMind's learning_schedule written out, at arbitrary steps (also inside jit).
+    steps = np.array([1, 100, 311, 312, 313, 5000, 20000, 31277])
+    want = np.where(
+        steps < warm,
+        steps / warm * peak,
+        peak * 0.5 * (1 + np.cos(np.pi * np.minimum(steps - warm, total - warm) / (total - warm))),
+    )
+    np.testing.assert_allclose(np.asarray(jax.jit(s)(steps)), want, rtol=1e-5, atol=1e-6)
+    no_warm = optim.warmup_cosine_schedule(
+        base_lr=0.3, batch_size=512, total_steps=10, warmup_steps=0
+    )
+    np.testing.assert_allclose(float(no_warm(0)), 0.6, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "epochs,steps,warmup", [(100, 31_278, 312), (300, 93_835, 938), (1000, 312_784, 3_127)]
+)
+def test_detcon_step_counts(epochs, steps, warmup):
+    assert optim.epochs_to_steps(epochs, 1_281_167, 4096) == steps
+    assert optim.detcon_warmup_steps(epochs, 1_281_167, 4096) == warmup
+
+
+def test_step_helpers_small():
+    assert optim.detcon_warmup_steps(50, 1000, 10) == 0  # < 100 epochs: no warm-up
+    assert optim.epochs_to_steps(0.5, 1000, 100) == 5
+
+
+def test_ema_tau_and_update():
+    base, k = 0.996, 1000
+    np.testing.assert_allclose(float(optim.ema_tau(0, base_tau=base, total_steps=k)), base)
+    np.testing.assert_allclose(
+        float(optim.ema_tau(k // 2, base_tau=base, total_steps=k)), 1 - (1 - base) / 2, rtol=1e-6
+    )
+    np.testing.assert_allclose(float(optim.ema_tau(k, base_tau=base, total_steps=k)), 1.0)
+    np.testing.assert_allclose(float(optim.ema_tau(5 * k, base_tau=base, total_steps=k)), 1.0)
+    q = 250
+    want = 1 - (1 - base) * (math.cos(math.pi * q / k) + 1) / 2
+    np.testing.assert_allclose(float(optim.ema_tau(q, base_tau=base, total_steps=k)), want)
+
+    target = {"a": jnp.array([0.0, 1.0]), "b": {"c": jnp.array(2.0)}}
+    online = {"a": jnp.array([1.0, 1.0]), "b": {"c": jnp.array(4.0)}}
+    new = optim.ema_update(target, online, 0.75)
+    np.testing.assert_allclose(new["a"], [0.25, 1.0])
+    np.testing.assert_allclose(new["b"]["c"], 2.5)
