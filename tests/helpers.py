@@ -1,0 +1,89 @@
+"""Shared test utilities: tiny configs, the tiny embedded dataset, and CLI runs of the trainer."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Overrides that make any `local` config tiny enough for a test: 32 px views, a narrow
+# small-stem ResNet-18 (8x8... 4x4 grid), batch 16, a handful of steps.
+TINY_OVERRIDES = {
+    "batch_size": 16,
+    "total_steps": 6,
+    "log_every_steps": 1,
+    "checkpoint.every_steps": 2,
+    "data.image_size": 32,
+    "data.name": "synthetic_scenes/tiny",
+    "data.shuffle_buffer": 64,
+    "model.projector_hidden": 64,
+    "model.projector_dim": 32,
+    "model.predictor_hidden": 64,
+    "optimizer.warmup_steps": 2,
+    "evals.monitor.batch_size": 32,
+}
+
+
+def tiny_config(experiment: str, data_dir: str, **overrides):
+    """The `local` variant of `experiments/<experiment>.py` with `TINY_OVERRIDES` applied."""
+    import importlib
+
+    module = importlib.import_module(f"experiments.{experiment}")
+    config = module.get_config("local")
+    for key, value in {**TINY_OVERRIDES, "data.data_dir": data_dir, **overrides}.items():
+        node = config
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return config
+
+
+def cli_args(experiment: str, data_dir: str, workdir: str, **overrides) -> list[str]:
+    """Command line of `python -m common.train` for the tiny config."""
+    args = [
+        sys.executable, "-m", "common.train",
+        f"--config={os.path.join(REPO, 'experiments', experiment + '.py')}:local",
+        f"--workdir={workdir}",
+    ]  # fmt: skip
+    for key, value in {**TINY_OVERRIDES, "data.data_dir": data_dir, **overrides}.items():
+        args.append(f"--config.{key}={value}")
+    return args
+
+
+def subprocess_env(num_devices: int = 1) -> dict[str, str]:
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={num_devices}"
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    return env
+
+
+def run_cli(args, *, num_devices=1, timeout=600, check=True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        args, env=subprocess_env(num_devices), capture_output=True, text=True, timeout=timeout,
+        cwd=REPO,
+    )  # fmt: skip
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def load_final_params(workdir: str) -> dict[str, np.ndarray]:
+    """Flat {path: array} of the parameters in the latest checkpoint of `workdir`."""
+    import jax
+    import orbax.checkpoint as ocp
+
+    manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
+    step = manager.latest_step()
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    state = restored["state"]
+    flat = jax.tree_util.tree_flatten_with_path(
+        {"params": state["params"], "ema": state["ema_params"], "bs": state["batch_stats"]}
+    )[0]
+    manager.close()
+    return {jax.tree_util.keystr(p): np.asarray(v) for p, v in flat}, step

@@ -1,0 +1,52 @@
+"""Two processes on localhost (jax.distributed, gloo CPU collectives, 2 devices each) train
+exactly as one process with 4 devices."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+
+import numpy as np
+
+from tests import helpers
+from tests.test_train import data_dir  # noqa: F401  (session fixture)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_match_one_process(data_dir, tmp_path):  # noqa: F811
+    steps = {"total_steps": 4, "checkpoint.every_steps": 4, "evals.monitor.batch_size": 16}
+    single = str(tmp_path / "single")
+    helpers.run_cli(helpers.cli_args("byol", data_dir, single, **steps), num_devices=4)
+
+    multi = str(tmp_path / "multi")
+    port = _free_port()
+    procs = []
+    for pid in range(2):
+        dist = {
+            "distributed.initialize": True,
+            "distributed.coordinator_address": f"localhost:{port}",
+            "distributed.num_processes": 2,
+            "distributed.process_id": pid,
+            "distributed.cpu_collectives": "gloo",
+        }
+        procs.append(
+            subprocess.Popen(
+                helpers.cli_args("byol", data_dir, multi, **steps, **dist),
+                env=helpers.subprocess_env(2), cwd=helpers.REPO,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            )  # fmt: skip
+        )
+    for p in procs:
+        out, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-3000:]
+
+    ref, ref_step = helpers.load_final_params(single)
+    got, got_step = helpers.load_final_params(multi)
+    assert ref_step == got_step == 4
+    worst = max(float(np.abs(ref[k] - got[k]).max() / max(np.abs(ref[k]).max(), 1e-6)) for k in ref)
+    assert worst <= 1e-5, worst

@@ -1,0 +1,192 @@
+"""The trainer: sharded == unsharded, compile once, resume after SIGKILL, SIGTERM, clear errors."""
+
+from __future__ import annotations
+
+import functools
+import os
+import random
+import signal
+import subprocess
+import time
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from common import train
+from tests import helpers
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    """The tiny embedded dataset, built once for the whole session."""
+    from common.data import loading
+
+    path = str(tmp_path_factory.mktemp("tfds"))
+    config = helpers.tiny_config("byol", path)
+    loading.ensure_dataset(config.data)
+    return path
+
+
+def _random_batch(config, batch_size, seed=0):
+    rng = np.random.default_rng(seed)
+    s = config.data.image_size
+    return {
+        "view1": rng.uniform(size=(batch_size, s, s, 3)).astype(np.float32),
+        "view2": rng.uniform(size=(batch_size, s, s, 3)).astype(np.float32),
+        "label": rng.integers(0, config.num_classes, size=(batch_size,)).astype(np.int32),
+    }
+
+
+def _step_on(devices, setup, batch):
+    mesh = Mesh(np.asarray(devices), ("data",))
+    replicated = NamedSharding(mesh, P())
+    state = jax.jit(functools.partial(train.init_state, setup), out_shardings=replicated)(
+        jax.random.PRNGKey(0)
+    )
+    batch = train.to_global(batch, NamedSharding(mesh, P("data")))
+    step = jax.jit(functools.partial(train.train_step, setup), out_shardings=replicated)
+    state, _ = step(state, batch)
+    state, metrics = step(state, batch)
+    return jax.device_get(state), jax.device_get(metrics)
+
+
+@pytest.mark.parametrize("experiment", ["byol", "simclr", "moclr"])
+def test_step_on_8_devices_equals_1_device(experiment, tmp_path):
+    """Global BatchNorm and global negatives: sharding the batch must not change the math."""
+    config = helpers.tiny_config(experiment, str(tmp_path))
+    setup = train.build(config, num_examples=256)
+    batch = _random_batch(config, config.batch_size)
+    state8, m8 = _step_on(jax.devices()[:8], setup, batch)
+    state1, m1 = _step_on(jax.devices()[:1], setup, batch)
+    for part in ("params", "ema_params", "batch_stats"):
+        a = jax.tree_util.tree_leaves(getattr(state8, part))
+        b = jax.tree_util.tree_leaves(getattr(state1, part))
+        assert len(a) == len(b) > 0 or part == "ema_params"
+        for x, y in zip(a, b):
+            scale = np.maximum(np.abs(y).max(), 1e-6)
+            assert np.abs(x - y).max() / scale <= 1e-5, part
+    assert np.isclose(m8["loss"], m1["loss"], rtol=1e-5)
+
+
+def test_step_updates_only_online_by_gradient_and_target_by_ema(tmp_path):
+    config = helpers.tiny_config("byol", str(tmp_path))
+    setup = train.build(config, num_examples=256)
+    state = train.init_state(setup, jax.random.PRNGKey(0))
+    batch = {k: jnp.asarray(v) for k, v in _random_batch(config, 8).items()}
+    new, metrics = jax.jit(functools.partial(train.train_step, setup))(state, batch)
+    tau = float(metrics["tau_target"])
+    # EMA: target' = target + (1 - tau) (online' - target), leaf by leaf (predictor excluded).
+    online = new.params["online"]
+    for path, t_old in jax.tree_util.tree_flatten_with_path(state.ema_params["target"])[0]:
+        o_new = functools.reduce(lambda d, k: d[k.key], path, online)
+        t_new = functools.reduce(lambda d, k: d[k.key], path, new.ema_params["target"])
+        np.testing.assert_allclose(t_new, t_old + (1 - tau) * (o_new - t_old), rtol=1e-5, atol=1e-7)
+    assert int(new.step) == 1
+    assert metrics["finite"]
+
+
+def test_compiles_once_and_logs(data_dir, tmp_path, monkeypatch):
+    counted = chex.assert_max_traces(train.train_step, n=1)
+    monkeypatch.setattr(train, "train_step", counted)
+    config = helpers.tiny_config("byol", data_dir)
+    results = train.main(config, str(tmp_path))
+    from common.metrics import read_jsonl
+
+    rows = [r for r in read_jsonl(str(tmp_path)) if "train/loss" in r]
+    assert [r["step"] for r in rows] == list(range(1, 7))
+    for key in ("train/learning_rate", "train/tau_target", "train/grad_norm",
+                "train/normalized_proj_std", "train/monitor_top1"):  # fmt: skip
+        assert key in rows[-1]
+    assert 0.0 <= results["monitor/top1"] <= 1.0
+    assert os.path.exists(tmp_path / "final_eval.json")
+
+
+def _wait_for_step(workdir, step, proc, timeout=300):
+    deadline = time.time() + timeout
+    path = os.path.join(workdir, "metrics.jsonl")
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            return False
+        if os.path.exists(path):
+            with open(path) as f:
+                if sum(1 for _ in f) >= step:
+                    return True
+        time.sleep(0.05)
+    raise TimeoutError(f"no step {step} in {workdir}")
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(data_dir, tmp_path):
+    steps = {"total_steps": 8, "checkpoint.every_steps": 2}
+    ref_dir, kill_dir = str(tmp_path / "ref"), str(tmp_path / "killed")
+    helpers.run_cli(helpers.cli_args("byol", data_dir, ref_dir, **steps))
+
+    kill_at = random.Random(os.getpid()).randint(3, 6)
+    proc = subprocess.Popen(
+        helpers.cli_args("byol", data_dir, kill_dir, **steps),
+        env=helpers.subprocess_env(), cwd=helpers.REPO,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    reached = _wait_for_step(kill_dir, kill_at, proc)
+    proc.kill()
+    proc.wait()
+    assert reached, "the run ended before it could be killed"
+    resumed = helpers.run_cli(helpers.cli_args("byol", data_dir, kill_dir, **steps))
+    assert "resumed from" in resumed.stdout
+
+    ref, ref_step = helpers.load_final_params(ref_dir)
+    got, got_step = helpers.load_final_params(kill_dir)
+    assert ref_step == got_step == 8
+    assert ref.keys() == got.keys()
+    worst = max(float(np.abs(ref[k] - got[k]).max()) for k in ref)
+    assert worst <= 1e-6, worst
+
+
+def test_sigterm_checkpoints_before_exit(data_dir, tmp_path):
+    workdir = str(tmp_path)
+    args = helpers.cli_args(
+        "byol", data_dir, workdir, **{"total_steps": 400, "checkpoint.every_steps": 1000}
+    )
+    proc = subprocess.Popen(
+        args, env=helpers.subprocess_env(), cwd=helpers.REPO,
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    assert _wait_for_step(workdir, 3, proc)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0
+    assert "SIGTERM: checkpointed step" in out
+    _, step = helpers.load_final_params(workdir)
+    assert 3 <= step < 400
+
+
+def test_mistyped_config_key_fails_clearly(data_dir, tmp_path):
+    args = helpers.cli_args("byol", data_dir, str(tmp_path), **{"optimizer.base_lrr": 0.1})
+    proc = helpers.run_cli(args, check=False)
+    assert proc.returncode != 0
+    assert "base_lrr" in proc.stderr
+
+
+def test_missing_dataset_fails_clearly(tmp_path):
+    args = helpers.cli_args(
+        "byol", str(tmp_path / "empty"), str(tmp_path / "w"), **{"data.name": "imagenet2012"}
+    )
+    proc = helpers.run_cli(args, check=False)
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "DatasetNotFoundError" in last and "imagenet2012" in last, last
+
+
+def test_checkpoint_of_another_model_fails_clearly(data_dir, tmp_path):
+    workdir = str(tmp_path)
+    helpers.run_cli(helpers.cli_args("byol", data_dir, workdir, total_steps=2))
+    proc = helpers.run_cli(
+        helpers.cli_args("simclr", data_dir, workdir, total_steps=4), check=False
+    )
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "CheckpointMismatchError" in last and "different model" in last, last
