@@ -82,7 +82,9 @@ def base_config(method: str, variant: str) -> ml_collections.ConfigDict:
             "cpu_collectives": "",
         }
     )
-    c.method_kwargs = ml_collections.ConfigDict()
+    from common.method import get_method
+
+    c.method_kwargs = get_method(method).default_config()
     if variant == "imagenet":
         c.batch_size = 4096
         c.num_epochs = 1000
