@@ -11,6 +11,11 @@ from jax.sharding import PartitionSpec as P
 
 from common import losses
 
+# One compilation per shape instead of eager op-by-op dispatch (keeps the tests fast).
+_detcon = jax.jit(
+    losses.contrastive_detection_loss, static_argnames=("temperature", "local_negatives")
+)
+
 
 def _norm(x):
     x = np.asarray(x, np.float64)
@@ -94,9 +99,7 @@ def _random_case(seed, b, r, d, num_ids, invalid_frac=0.0):
 )
 def test_detcon_matches_loop_reference(seed, b, r, num_ids, local_negatives, invalid):
     (p1, p2, t1, t2), (i1, i2) = _random_case(seed, b, r, 8, num_ids, invalid)
-    got = losses.contrastive_detection_loss(
-        p1, p2, t1, t2, i1, i2, temperature=0.2, local_negatives=local_negatives
-    )
+    got = _detcon(p1, p2, t1, t2, i1, i2, temperature=0.2, local_negatives=local_negatives)
     want = ref_detcon(p1, p2, t1, t2, i1, i2, 0.2, local_negatives)
     np.testing.assert_allclose(float(got), want, rtol=2e-5, atol=1e-6)
 
@@ -106,14 +109,12 @@ def test_detcon_hand_counts_equal_vectors():
     x = np.ones((2, 2, 3), np.float32)
     ids1 = np.array([[0, 1], [3, 3]], np.int32)
     ids2 = np.array([[1, 2], [3, 4]], np.int32)
-    got = losses.contrastive_detection_loss(x, x, x, x, ids1, ids2, temperature=0.1)
+    got = _detcon(x, x, x, x, ids1, ids2, temperature=0.1)
     # View 1: (0,0) no partner; (0,1) 7 candidates; (1,0),(1,1) 6 candidates, weight 1/2 each.
     # View 2: (0,0) 7 candidates; (1,0) two positives, 7 candidates; (0,1),(1,1) no partner.
     want = (math.log(7) + math.log(6)) / 4 + (2 * math.log(7)) / 4
     np.testing.assert_allclose(float(got), want, rtol=1e-6)
-    got = losses.contrastive_detection_loss(
-        x, x, x, x, ids1, ids2, temperature=0.1, local_negatives=False
-    )
+    got = _detcon(x, x, x, x, ids1, ids2, temperature=0.1, local_negatives=False)
     want = 2 * math.log(5) / 4 + (math.log(5) + math.log(6)) / 4
     np.testing.assert_allclose(float(got), want, rtol=1e-6)
 
@@ -127,7 +128,7 @@ def test_detcon_hand_computed_logits():
     t2[0, 0] = e1
     ids1 = np.array([[0, 1], [3, 3]], np.int32)
     ids2 = np.array([[1, 2], [3, 4]], np.int32)
-    got = losses.contrastive_detection_loss(p, p, t1, t2, ids1, ids2, temperature=1.0)
+    got = _detcon(p, p, t1, t2, ids1, ids2, temperature=1.0)
     e = math.e
     l1 = (math.log(e + 6) - 1 + math.log(e + 5)) / 4
     l2 = (math.log(7) + math.log(e + 6)) / 4
@@ -140,7 +141,7 @@ def test_detcon_r1_is_moclr_infonce():
     b, d, temp = 5, 6, 0.1
     p1, p2, t1, t2 = (rng.normal(size=(b, d)) for _ in range(4))
     ids = np.zeros((b, 1), np.int32)
-    got = losses.contrastive_detection_loss(
+    got = _detcon(
         *(x[:, None].astype(np.float32) for x in (p1, p2, t1, t2)), ids, ids, temperature=temp
     )
 
@@ -180,19 +181,21 @@ def test_detcon_gradients_follow_caller_stop_gradient():
         sg = jax.lax.stop_gradient
         return losses.contrastive_detection_loss(p1, p2, sg(t1), sg(t2), i1, i2)
 
-    g = jax.grad(loss_b, argnums=(0, 1, 2, 3))(p1, p2, t1, t2)
+    g = jax.jit(jax.grad(loss_b, argnums=(0, 1, 2, 3)))(p1, p2, t1, t2)
     assert float(jnp.abs(g[0]).sum()) > 0 and float(jnp.abs(g[1]).sum()) > 0
     assert float(jnp.abs(g[2]).sum()) == 0 and float(jnp.abs(g[3]).sum()) == 0
 
     def loss_s(z1, z2):  # DetCon_S: projections on both sides, gradients through both.
         return losses.contrastive_detection_loss(z1, z2, z1, z2, i1, i2)
 
-    gs = jax.grad(loss_s, argnums=(0, 1))(p1, p2)
-    g_pred_only = jax.grad(
-        lambda z1, z2: losses.contrastive_detection_loss(
-            z1, z2, jax.lax.stop_gradient(z1), jax.lax.stop_gradient(z2), i1, i2
-        ),
-        argnums=(0, 1),
+    gs = jax.jit(jax.grad(loss_s, argnums=(0, 1)))(p1, p2)
+    g_pred_only = jax.jit(
+        jax.grad(
+            lambda z1, z2: losses.contrastive_detection_loss(
+                z1, z2, jax.lax.stop_gradient(z1), jax.lax.stop_gradient(z2), i1, i2
+            ),
+            argnums=(0, 1),
+        )
     )(p1, p2)
     assert all(bool(jnp.all(jnp.isfinite(x))) for x in gs)
     assert not np.allclose(gs[0], g_pred_only[0])  # the key side contributes
