@@ -173,7 +173,7 @@ def two_view_outputs(
     outs = []
     for v in ("1", "2"):
         view_kwargs = {k[:-1]: a for k, a in kwargs.items() if k.endswith(v)}
-        shared = {k: a for k, a in kwargs.items() if not k[-1:] in ("1", "2")}
+        shared = {k: a for k, a in kwargs.items() if k[-1:] not in ("1", "2")}
         outs.append(nets(network, batch["view" + v], **view_kwargs, **shared))
     return outs[0], outs[1]
 

@@ -163,9 +163,7 @@ def _embedding_dim(setup: Setup, variables) -> int:
     source = setup.method.trainable_networks[0]
     args, kwargs = setup.method.init_args(source, dummy_batch(setup.config))
     out = jax.eval_shape(
-        lambda v: setup.modules[source].apply(
-            v, *args, train=False, **kwargs, mutable=False
-        ),
+        lambda v: setup.modules[source].apply(v, *args, train=False, **kwargs, mutable=False),
         variables[source],
     )
     return int(out["embedding"].shape[-1])

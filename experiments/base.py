@@ -104,7 +104,9 @@ def base_config(method: str, variant: str) -> ml_collections.ConfigDict:
         c.compute_dtype = "bfloat16"
         c.log_every_steps = 100
         c.checkpoint.every_steps = 1000
-        c.evals = ml_collections.ConfigDict({"monitor": {"split": "validation", "batch_size": 1024}})
+        c.evals = ml_collections.ConfigDict(
+            {"monitor": {"split": "validation", "batch_size": 1024}}
+        )
     elif variant == "local":
         # A few minutes on 2 CPU cores: small ResNet with a stride-8 stem, so 64 px views give an
         # 8x8 feature grid (DetCon needs >= 6x6; XLA:CPU is slow on 2x2 maps, DESIGN.md).

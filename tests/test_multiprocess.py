@@ -37,8 +37,11 @@ def test_two_processes_match_one_process(data_dir, tmp_path):  # noqa: F811
         procs.append(
             subprocess.Popen(
                 helpers.cli_args("byol", data_dir, multi, **steps, **dist),
-                env=helpers.subprocess_env(2), cwd=helpers.REPO,
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                env=helpers.subprocess_env(2),
+                cwd=helpers.REPO,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
             )  # fmt: skip
         )
     for p in procs:

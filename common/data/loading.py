@@ -62,9 +62,7 @@ def ensure_dataset(data_config) -> int:
             multihost_utils.sync_global_devices(f"built {name}")
             builder = get_builder(data_config)
         else:
-            hint = (
-                f"`tfds build {base_name(name)} --data_dir {data_config.get('data_dir') or '~/tensorflow_datasets'}`"
-            )
+            hint = f"`tfds build {base_name(name)} --data_dir {data_config.get('data_dir') or '~/tensorflow_datasets'}`"
             if base_name(name) == "imagenet2012":
                 hint += " with the ImageNet tar files in <data_dir>/downloads/manual"
             raise DatasetNotFoundError(
