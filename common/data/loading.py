@@ -62,11 +62,12 @@ def ensure_dataset(data_config) -> int:
             multihost_utils.sync_global_devices(f"built {name}")
             builder = get_builder(data_config)
         else:
-            hint = f"`tfds build {base_name(name)} --data_dir {data_config.get('data_dir') or '~/tensorflow_datasets'}`"
+            data_dir = data_config.get("data_dir") or "~/tensorflow_datasets"
+            hint = f"`tfds build {base_name(name)} --data_dir {data_dir}`"
             if base_name(name) == "imagenet2012":
                 hint += " with the ImageNet tar files in <data_dir>/downloads/manual"
             raise DatasetNotFoundError(
-                f"dataset {name} is not prepared in {builder.data_dir}: prepare it first with {hint}"
+                f"dataset {name} is not prepared in {builder.data_dir}; prepare it with {hint}"
             )
     try:
         return builder.info.splits[data_config.split].num_examples

@@ -1,8 +1,9 @@
 """Evaluators: plug-ins called at the end of (and during) training and from the standalone command.
 
 An evaluator is a class registered with `@register_evaluator(name)`; `config.evals` lists the ones a
-run uses, each with its own options: `config.evals.<name> = ConfigDict(...)`. It is constructed as
-`Evaluator(config, eval_config)` and called as `evaluator.run(setup, state, mesh) -> dict[str, float]`.
+run uses, each with its own options: `config.evals.<name> = ConfigDict(...)`. It is constructed
+as `Evaluator(config, eval_config)` and called as `evaluator.run(setup, state, mesh=mesh)`, which
+returns `dict[str, float]`.
 """
 
 from __future__ import annotations
