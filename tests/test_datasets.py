@@ -1,0 +1,270 @@
+"""Embedded datasets: synthetic_scenes and synthetic_videos (rendering, TFDS builders, FH rule)."""
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from skimage.segmentation import felzenszwalb
+
+from common.data import procedural, segmentation
+from common.data.synthetic_scenes import SyntheticScenes, SyntheticScenesConfig
+from common.data.synthetic_videos import SyntheticVideos, SyntheticVideosConfig
+
+
+def _small_scenes(name="small", **kwargs):
+    sizes = dict(num_train=12, num_validation=4, num_test=4)
+    sizes.update(kwargs)
+    return SyntheticScenesConfig(name=name, **sizes)
+
+
+def _build(builder_cls, config, data_dir, **kwargs):
+    builder = builder_cls(config=config, data_dir=str(data_dir), **kwargs)
+    builder.download_and_prepare()
+    return builder
+
+
+def _records(builder, split):
+    dataset = builder.as_dataset(split=split, shuffle_files=False)
+    return list(tfds.as_numpy(dataset))
+
+
+def _assert_same_records(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert x.keys() == y.keys()
+        for key in x:
+            np.testing.assert_array_equal(x[key], y[key], err_msg=key)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendering.
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_scene(scene):
+    ids = np.unique(scene.instance_mask)
+    n = len(scene.instance_classes)
+    # Ids are exactly 1..n: every kept object shows, no fully occluded object has an id.
+    np.testing.assert_array_equal(ids[ids > 0], np.arange(1, n + 1))
+    for k in range(1, n + 1):
+        classes = np.unique(scene.class_mask[scene.instance_mask == k])
+        assert classes.tolist() == [scene.instance_classes[k - 1] + 1]
+    assert np.array_equal(scene.instance_mask == 0, scene.class_mask == 0)
+    present = np.unique(scene.class_mask)
+    expected = np.zeros(procedural.NUM_CLASSES, dtype=bool)
+    expected[present[present > 0] - 1] = True
+    np.testing.assert_array_equal(scene.labels, expected)
+    areas = np.bincount(scene.class_mask.ravel(), minlength=procedural.NUM_CLASSES + 1)[1:]
+    assert scene.label == int(np.argmax(areas))
+    assert scene.labels[scene.label]
+
+
+def test_scenes_masks_and_labels_agree():
+    counts = []
+    for i in range(60):
+        scene = procedural.render_scene(np.random.default_rng([3, 0, i]), 64)
+        _check_scene(scene)
+        counts.append(len(scene.instance_classes))
+    assert min(counts) >= 1 and max(counts) <= 6 and len(set(counts)) >= 4
+
+
+def test_scene_occluded_objects_are_dropped(monkeypatch):
+    # Two identical discs at the same place: the lower one is fully hidden and must vanish.
+    real = procedural.sample_object
+
+    def same_disc(rng, size, class_id=None):
+        obj = real(rng, size, class_id=0)
+        obj.cx = obj.cy = size / 2
+        obj.radius = size / 5
+        return obj
+
+    monkeypatch.setattr(procedural, "sample_object", same_disc)
+    scene = procedural.render_scene(np.random.default_rng(0), 64, min_objects=3, max_objects=3)
+    assert scene.instance_classes.tolist() == [0]
+    assert np.unique(scene.instance_mask).tolist() == [0, 1]
+
+
+def test_every_class_is_drawn_and_distinct():
+    assert procedural.NUM_CLASSES >= 10
+    assert len(set(procedural.CLASS_NAMES)) == procedural.NUM_CLASSES
+    u, v = np.meshgrid(np.linspace(-1.1, 1.1, 33), np.linspace(-1.1, 1.1, 33))
+    masks = [procedural.shape_mask(c, u, v) for c in range(procedural.NUM_CLASSES)]
+    for i, a in enumerate(masks):
+        assert 0.05 < a.mean() < 0.9
+        for b in masks[i + 1 :]:
+            assert (a != b).mean() > 0.02  # no two shape families coincide
+
+
+def test_default_fh_settings_give_several_segments():
+    assert segmentation.default_fh_settings(64, 64) == ((29.0, 29),)
+    assert segmentation.default_fh_settings(224, 224) == ((358.0, 358),)
+    counts = []
+    for i in range(40):
+        scene = procedural.render_scene(np.random.default_rng([0, 0, i]), 64)
+        ids = segmentation.felzenszwalb_ids(scene.image, ((29.0, 29),))
+        counts.append(int(ids.max()) + 1)
+    # skimage's defaults (1000, 1000) would give a single segment on every 64 px image.
+    assert 5 <= np.median(counts) <= 15
+    assert np.mean([3 <= c <= 25 for c in counts]) >= 0.8
+
+
+def test_clip_ids_constant_over_time():
+    for i in range(4):
+        clip = procedural.render_clip(np.random.default_rng([1, 0, i]), 48, 8)
+        n = len(clip.instance_classes)
+        assert clip.video.shape == (8, 48, 48, 3) and clip.instance_masks.shape == (8, 48, 48)
+        present = np.unique(clip.instance_masks)
+        np.testing.assert_array_equal(present[present > 0], np.arange(1, n + 1))
+        # An object keeps its colour from frame to frame (up to the lighting drift): the mean
+        # colour of id k changes smoothly, which a swap of ids between frames would break.
+        for k in range(1, n + 1):
+            means = [
+                clip.video[t][clip.instance_masks[t] == k].mean(axis=0)
+                for t in range(8)
+                if (clip.instance_masks[t] == k).sum() > 20
+            ]
+            for a, b in zip(means, means[1:]):
+                assert np.abs(a - b).max() < 40
+        areas = np.zeros(procedural.NUM_CLASSES)
+        for k, c in enumerate(clip.instance_classes, start=1):
+            areas[c] += (clip.instance_masks == k).sum()
+        assert clip.label == int(np.argmax(areas))
+    # The camera pans and objects move: frames differ.
+    assert np.abs(clip.video[0].astype(int) - clip.video[-1]).mean() > 1
+
+
+# ---------------------------------------------------------------------------------------------
+# synthetic_scenes builder.
+# ---------------------------------------------------------------------------------------------
+
+
+def test_scenes_builder_features_and_content(tmp_path):
+    builder = _build(SyntheticScenes, _small_scenes(), tmp_path, num_workers=1)
+    features = builder.info.features
+    assert features["image"].shape == (64, 64, 3)
+    assert features["instance_mask"].shape == (64, 64, 1)
+    assert features["class_mask"].shape == (64, 64, 1)
+    assert features["labels"].shape == (procedural.NUM_CLASSES,)
+    assert features["labels"].np_dtype == np.bool_
+    assert features["label"].num_classes == procedural.NUM_CLASSES
+    assert features["fh_masks"].shape == (1, 64, 64)
+    assert features["fh_masks"].np_dtype == np.uint8
+    assert {k: v.num_examples for k, v in builder.info.splits.items()} == {
+        "train": 12,
+        "validation": 4,
+        "test": 4,
+    }
+    for split_id, split in enumerate(("train", "validation", "test")):
+        for ex in _records(builder, split):
+            index = None
+            # Records come shuffled by key; find each one's index by re-rendering all of them.
+            for i in range(builder.info.splits[split].num_examples):
+                scene = procedural.render_scene(np.random.default_rng([0, split_id, i]), 64)
+                if np.array_equal(scene.image, ex["image"]):
+                    index = i
+                    break
+            assert index is not None, "stored image differs from the renderer's"
+            np.testing.assert_array_equal(ex["instance_mask"][..., 0], scene.instance_mask)
+            np.testing.assert_array_equal(ex["class_mask"][..., 0], scene.class_mask)
+            np.testing.assert_array_equal(ex["labels"], scene.labels)
+            assert ex["label"] == scene.label
+            np.testing.assert_array_equal(
+                ex["fh_masks"][0], felzenszwalb(ex["image"], scale=29, sigma=0.8, min_size=29)
+            )
+
+
+def test_scenes_deterministic_across_runs_and_workers(tmp_path):
+    # Two workers against one: same records, so generation order and parallelism do not matter.
+    a = _build(SyntheticScenes, _small_scenes(num_train=80), tmp_path / "a", num_workers=2)
+    b = _build(SyntheticScenes, _small_scenes(num_train=80), tmp_path / "b", num_workers=1)
+    for split in ("train", "test"):
+        _assert_same_records(_records(a, split), _records(b, split))
+    c = _build(SyntheticScenes, _small_scenes(num_train=80, seed=1), tmp_path / "c", num_workers=1)
+    images_a = {ex["image"].tobytes() for ex in _records(a, "train")}
+    images_c = {ex["image"].tobytes() for ex in _records(c, "train")}
+    assert not images_a & images_c
+
+
+def test_scenes_splits_differ(tmp_path):
+    builder = _build(SyntheticScenes, _small_scenes(), tmp_path, num_workers=1)
+    train = {ex["image"].tobytes() for ex in _records(builder, "train")}
+    test = {ex["image"].tobytes() for ex in _records(builder, "test")}
+    assert not train & test
+
+
+def test_fh_dtype_uint16_when_ids_exceed_255(tmp_path):
+    # min_size 1 allows 4096 segments at 64 px, so the config stores uint16 ...
+    config = _small_scenes(
+        name="fine", num_train=2, num_validation=1, num_test=1, fh_settings=((1.0, 1), (29, 29))
+    )
+    assert config.fh_dtype == np.uint16
+    builder = _build(SyntheticScenes, config, tmp_path, num_workers=1)
+    assert builder.info.features["fh_masks"].np_dtype == np.uint16
+    (ex,) = _records(builder, "validation")
+    fine = felzenszwalb(ex["image"], scale=1.0, sigma=0.8, min_size=1)
+    # ... and a noisy 64 px image really has more than 256 segments, stored without wrapping.
+    assert fine.max() > 255
+    np.testing.assert_array_equal(ex["fh_masks"][0], fine)
+    np.testing.assert_array_equal(
+        ex["fh_masks"][1], felzenszwalb(ex["image"], scale=29, sigma=0.8, min_size=29)
+    )
+
+
+def test_fh_dtype_rule_and_overflow_errors():
+    assert segmentation.fh_dtype_for_size(64, 64, ((29, 29),)) == np.uint8
+    assert segmentation.fh_dtype_for_size(64, 64, ((29, 29), (1, 15))) == np.uint16
+    assert segmentation.fh_dtype_for_size(224, 224, ((1, 1),)) == np.uint16
+    with pytest.raises(segmentation.FhOverflowError, match="larger min_size"):
+        segmentation.fh_dtype_for_size(512, 512, ((1, 1),))
+    ids = np.array([[0, 255], [256, 3]])
+    with pytest.raises(segmentation.FhOverflowError, match="256.*record img_7.*uint8"):
+        segmentation.cast_ids(ids, np.uint8, record="img_7")
+    assert segmentation.cast_ids(ids, np.uint16).dtype == np.uint16
+    # The bound the rule relies on: FH never returns more than H * W // min_size segments.
+    noisy = np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    for min_size in (1, 3, 7, 20):
+        n = felzenszwalb(noisy, scale=1, sigma=0.8, min_size=min_size).max() + 1
+        assert n <= segmentation.max_segments(40, 40, min_size)
+
+
+def test_scenes_config_validation():
+    with pytest.raises(ValueError, match="image_size"):
+        SyntheticScenesConfig(name="x", image_size=256)
+    with pytest.raises(ValueError, match="at least one"):
+        SyntheticScenesConfig(name="x", num_test=0)
+    assert SyntheticScenesConfig(name="x", image_size=224).fh_settings == ((358.0, 358),)
+    configs = {c.name: c for c in SyntheticScenes.BUILDER_CONFIGS}
+    assert (configs["default"].num_train, configs["default"].image_size) == (20000, 64)
+    assert (configs["tiny"].num_train, configs["tiny"].num_validation) == (256, 64)
+
+
+# ---------------------------------------------------------------------------------------------
+# synthetic_videos builder.
+# ---------------------------------------------------------------------------------------------
+
+
+def test_videos_builder(tmp_path):
+    config = SyntheticVideosConfig(
+        name="small", num_frames=6, num_train=3, num_validation=1, num_test=1
+    )
+    builder = _build(SyntheticVideos, config, tmp_path, num_workers=1)
+    features = builder.info.features
+    assert features["video"].shape == (6, 64, 64, 3)
+    assert features["instance_masks"].shape == (6, 64, 64)
+    assert features["instance_masks"].np_dtype == np.uint8
+    records = _records(builder, "train")
+    assert len(records) == 3
+    clips = [procedural.render_clip(np.random.default_rng([0, 0, i]), 64, 6) for i in range(3)]
+    for ex in records:
+        matches = [c for c in clips if np.array_equal(c.video, ex["video"])]
+        assert len(matches) == 1  # PNG frames: lossless
+        np.testing.assert_array_equal(ex["instance_masks"], matches[0].instance_masks)
+        assert ex["label"] == matches[0].label
+    again = _build(SyntheticVideos, config, tmp_path / "again", num_workers=1)
+    _assert_same_records(_records(builder, "test"), _records(again, "test"))
+
+
+def test_videos_config_validation():
+    with pytest.raises(ValueError, match="encoding"):
+        SyntheticVideosConfig(name="x", encoding="gif")
+    with pytest.raises(ValueError, match="num_frames"):
+        SyntheticVideosConfig(name="x", num_frames=0)
