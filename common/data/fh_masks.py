@@ -53,6 +53,7 @@ import functools
 import io
 import logging
 import os
+import types
 import uuid
 import zlib
 from collections.abc import Iterator, Sequence
@@ -423,16 +424,20 @@ def derived_builder_cls(source: tfds.core.DatasetBuilder) -> type:
     key = f"{source.info.full_name}"
     if key not in _DERIVED_CLASSES:
         version = str(source.info.version)
-        _DERIVED_CLASSES[key] = type(
+        namespace = {
+            "name": f"{source.name}_fh",
+            "VERSION": tfds.core.Version(version),
+            "RELEASE_NOTES": {version: f"FH masks of {source.info.full_name}."},
+            "SOURCE_INFO": source.info,
+            "__module__": __name__,
+        }
+        # Unregistered: several sources may share a name (folder configs), and a prepared
+        # derived dataset loads from its files by name (`tfds.builder("coco_fh/...")`) anyway.
+        _DERIVED_CLASSES[key] = types.new_class(
             f"Fh_{source.name}",
             (_FhDerivedBuilder,),
-            {
-                "name": f"{source.name}_fh",
-                "VERSION": tfds.core.Version(version),
-                "RELEASE_NOTES": {version: f"FH masks of {source.info.full_name}."},
-                "SOURCE_INFO": source.info,
-                "__module__": __name__,
-            },
+            {"skip_registration": True},
+            lambda ns: ns.update(namespace),
         )
     return _DERIVED_CLASSES[key]
 
