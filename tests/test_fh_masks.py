@@ -118,10 +118,15 @@ def test_fh_exact_on_photographs(photos, photo_data_dir, use_beam):
 
 @pytest.mark.slow
 def test_fh_exact_beam_direct_runner_multiprocessing(photos, photo_data_dir):
-    # The default local Beam options: DirectRunner, all cores, worker processes.
+    # The default local Beam options: DirectRunner, all cores, worker processes. An explicit
+    # dtype skips the first pass, so FH runs inside TFDS's Beam pipeline on the workers.
     _, originals = photos
     derived = fh_masks.build_fh_dataset(
-        "folder_images/photos", photo_data_dir, fh_settings=SETTINGS, records_per_shard=1
+        "folder_images/photos",
+        photo_data_dir,
+        fh_settings=SETTINGS,
+        fh_dtype="uint8",
+        records_per_shard=1,
     )
     source = tfds.builder("folder_images/photos", data_dir=photo_data_dir)
     _check_exact(derived, source, originals)

@@ -8,9 +8,10 @@ Layout (both builders)::
                             split root, that directory names the class (`label`, a ClassLabel
                             over the sorted class names of all splits); otherwise no `label`
 
-Images (`.jpg`, `.jpeg`, `.png`, any case) are stored as their original bytes when TensorFlow
-decodes them to the same pixels as PIL (8-bit JPEG/PNG); other modes (CMYK JPEG, 16-bit PNG, ...)
-are converted to RGB and stored as PNG. Every image is fully decoded once to catch corrupt files.
+Images (`.jpg`, `.jpeg`, `.png`, any case) are stored as their original bytes when they are 8-bit
+JPEG/PNG (RGB, grey, alpha, palette), which TensorFlow decodes; other modes (CMYK JPEG, 16-bit
+PNG, ...) are converted to RGB and stored as PNG. Every image is fully decoded once (PIL) to
+catch corrupt files.
 
 Masks: an image `name.ext` may have a mask `name_mask.png` next to it (8-bit ids, e.g. mode L or
 a palette PNG whose indices are the ids). Chosen over a parallel `masks/` tree because it works
@@ -230,8 +231,9 @@ class ImageFolderConfig(tfds.core.BuilderConfig):
         self.root_dir = os.path.abspath(os.path.expanduser(self.root_dir))
 
 
-# TensorFlow decodes these (format, PIL mode) pairs to the same pixels as PIL, so the original
-# bytes can be stored; anything else is converted to RGB PNG.
+# TensorFlow's decoder reads these (format, PIL mode) pairs as 8-bit images, so the original
+# bytes are stored as they are; anything else is converted to RGB PNG. (For JPEG, TF and PIL may
+# differ by a few levels; what counts is that every consumer decodes through TFDS.)
 _KEEP_AS_IS = {
     ("JPEG", "RGB"),
     ("JPEG", "L"),
@@ -453,9 +455,10 @@ def decode_video(
                 if size is None:
                     size = _output_size(frame.height, frame.width, resize)
                     t0 = t
+                # A copy: PyAV may hand out a view of a buffer that the next conversion reuses.
                 image = frame.to_ndarray(
                     format="rgb24", width=size[1], height=size[0], interpolation="AREA"
-                )
+                ).copy()
                 if fps is None:
                     emit(image, t)
                 else:
