@@ -1,0 +1,228 @@
+"""Conversion between Haiku ResNet checkpoints (DeepMind BYOL / DetCon) and our Flax `ResNet`.
+
+Haiku layout (`hk.transform_with_state` of `hk.nets.ResNet50` or DetCon's `networks.ResNet50`):
+
+* params: `{'<prefix>initial_conv': {'w': [7, 7, 3, 64]},
+  '<prefix>initial_batchnorm': {'scale': [1, 1, 1, C], 'offset': [1, 1, 1, C]},
+  '<prefix>block_group_0/~/block_0/~/conv_0': {'w': ...}, ...}` with `<prefix>` e.g.
+  `'res_net50/~/'` (the default module name of `ResNet50`; DetCon's checkpoints may carry another
+  one, hence `prefix=None` auto-detection from the key that ends in `initial_conv`).
+* state: `{'<prefix>initial_batchnorm/~/mean_ema': {'average', 'hidden', 'counter'},
+  '.../var_ema': ...}`.
+
+Our `ResNet` mirrors the module names, so the conversion is a renaming (`w` -> `kernel`,
+`offset` -> `bias`, `mean_ema` -> `mean`, `var_ema` -> `var`) and a reshape of the BN vectors from
+`[1, 1, 1, C]` to `[C]`.
+
+BatchNorm statistics: Haiku's `ExponentialMovingAverage` is zero-debiased: it stores `hidden`
+(the raw EMA) and `average = hidden / (1 - decay**counter)`, and normalises with `average`. We
+import `average` (what Haiku uses at inference). Flax's EMA is not debiased, so after the import
+the next training update equals Haiku's only once `decay**counter` is negligible, i.e. for any
+checkpoint trained more than ~200 steps. On export we write `hidden = average` and a large
+`counter`, which makes Haiku's debiasing an exact no-op.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+SEP = "/~/"
+# Haiku module leaves that have no counterpart in the encoder: the classification head.
+_IGNORED_MODULES = ("logits",)
+_PARAM_TO_FLAX = {"w": "kernel", "scale": "scale", "offset": "bias"}
+_PARAM_TO_HAIKU = {v: k for k, v in _PARAM_TO_FLAX.items()}
+_STATE_TO_FLAX = {"mean_ema": "mean", "var_ema": "var"}
+_STATE_TO_HAIKU = {v: k for k, v in _STATE_TO_FLAX.items()}
+# 1 - 0.9**counter == 1 exactly in float32 for counter >= ~160.
+DEFAULT_EXPORT_COUNTER = 1_000_000
+
+
+def detect_prefix(params: Mapping[str, Any]) -> str:
+    """Finds the module-name prefix of a Haiku ResNet in a flat Haiku params dict.
+
+    Args:
+      params: Haiku params (`{module_name: {param_name: array}}`).
+
+    Returns:
+      The prefix, including the trailing `'/~/'` (e.g. `'res_net50/~/'`), or `''`.
+
+    Raises:
+      ValueError: if there is no `initial_conv` or several ResNets (pass `prefix` explicitly).
+    """
+    candidates = sorted(
+        k[: -len("initial_conv")]
+        for k in params
+        if k == "initial_conv" or k.endswith(SEP + "initial_conv")
+    )
+    if len(candidates) != 1:
+        raise ValueError(
+            "Cannot auto-detect the ResNet prefix: expected exactly one module ending in "
+            f"'initial_conv', found {candidates}. Pass prefix= explicitly."
+        )
+    return candidates[0]
+
+
+def _relative_path(key: str, prefix: str) -> tuple[str, ...] | None:
+    if not key.startswith(prefix):
+        return None
+    return tuple(key[len(prefix) :].split(SEP))
+
+
+def _set(tree: dict, path: tuple[str, ...], value: Any) -> None:
+    for name in path[:-1]:
+        tree = tree.setdefault(name, {})
+    if path[-1] in tree:
+        raise ValueError(f"Duplicate entry for {'/'.join(path)}")
+    tree[path[-1]] = value
+
+
+def split_params_and_state(tree: Mapping[str, Any]) -> tuple[dict, dict]:
+    """Splits a flat Haiku dict holding both params and state (BN `mean_ema`/`var_ema`).
+
+    Args:
+      tree: `{module_name: {name: array}}` mixing params and state modules.
+
+    Returns:
+      `(params, state)`.
+    """
+    params, state = {}, {}
+    for key, value in tree.items():
+        last = key.rsplit(SEP, 1)[-1]
+        (state if last in _STATE_TO_FLAX else params)[key] = value
+    return params, state
+
+
+def haiku_to_flax(
+    params: Mapping[str, Mapping[str, Any]],
+    state: Mapping[str, Mapping[str, Any]] | None = None,
+    *,
+    prefix: str | None = None,
+) -> dict[str, dict]:
+    """Converts a Haiku ResNet (v1 or v2) to our `ResNet`'s variables.
+
+    Args:
+      params: Haiku params. Modules outside `prefix` (projector, predictor, classifier, ...) and
+        the ResNet's own `logits` head are ignored.
+      state: Haiku state with the BN moving averages; `None` if they are mixed into `params`
+        (they are then split out by name).
+      prefix: module-name prefix of the ResNet including the trailing `'/~/'` (e.g.
+        `'res_net50/~/'`); `None` to auto-detect it (`detect_prefix`).
+
+    Returns:
+      `{'params': ..., 'batch_stats': ...}` as nested dicts of numpy arrays, ready for
+      `ResNet(depth=...).apply`. BN vectors are `[C]`; conv kernels keep the `[kh, kw, Cin, Cout]`
+      layout (the same in both libraries).
+
+    Raises:
+      ValueError: unknown parameter names, or a prefix that cannot be detected.
+    """
+    if state is None:
+        params, state = split_params_and_state(params)
+    if prefix is None:
+        prefix = detect_prefix(params)
+    flax_params: dict = {}
+    for key, leaves in params.items():
+        path = _relative_path(key, prefix)
+        if path is None or path[-1] in _IGNORED_MODULES:
+            continue
+        for name, value in leaves.items():
+            if name not in _PARAM_TO_FLAX:
+                raise ValueError(f"Unexpected Haiku parameter {key}/{name}")
+            value = np.asarray(value)
+            if name != "w":
+                value = value.reshape(-1)
+            _set(flax_params, path + (_PARAM_TO_FLAX[name],), value)
+    batch_stats: dict = {}
+    for key, leaves in state.items():
+        path = _relative_path(key, prefix)
+        if path is None:
+            continue
+        if path[-1] not in _STATE_TO_FLAX:
+            raise ValueError(f"Unexpected Haiku state {key}")
+        value = np.asarray(leaves["average"]).reshape(-1)
+        _set(batch_stats, path[:-1] + (_STATE_TO_FLAX[path[-1]],), value)
+    return {"params": flax_params, "batch_stats": batch_stats}
+
+
+def flax_to_haiku(
+    variables: Mapping[str, Any],
+    *,
+    prefix: str = "res_net50/~/",
+    counter: int = DEFAULT_EXPORT_COUNTER,
+) -> tuple[dict, dict]:
+    """Converts our `ResNet` variables to a Haiku ResNet's `(params, state)`.
+
+    Args:
+      variables: `{'params': ..., 'batch_stats': ...}` of a `ResNet` (FrozenDict or dict).
+      prefix: Haiku module-name prefix including the trailing `'/~/'`; `'res_net50/~/'` is what
+        `hk.nets.ResNet50()` / DetCon's `networks.ResNet50()` use by default.
+      counter: value of the EMA `counter` written to the state. Large by default so that Haiku's
+        zero-debiasing divides by exactly 1 and uses our statistics unchanged.
+
+    Returns:
+      `(params, state)`: flat Haiku dicts of numpy arrays; BN params and statistics have Haiku's
+      `[1, 1, 1, C]` shape.
+    """
+    params: dict = {}
+    for path, value in _flatten(variables["params"]):
+        module, name = path[:-1], path[-1]
+        value = np.asarray(value)
+        if name != "kernel":
+            value = value.reshape(1, 1, 1, -1)
+        params.setdefault(prefix + SEP.join(module), {})[_PARAM_TO_HAIKU[name]] = value
+    state: dict = {}
+    for path, value in _flatten(variables.get("batch_stats", {})):
+        module, name = path[:-1], path[-1]
+        value = np.asarray(value).reshape(1, 1, 1, -1)
+        key = prefix + SEP.join(module + (_STATE_TO_HAIKU[name],))
+        state[key] = {
+            "counter": np.asarray(counter, np.int32),
+            "hidden": value,
+            "average": value.copy(),
+        }
+    return params, state
+
+
+def load_haiku_checkpoint(
+    path: str, *, network: str = "online"
+) -> tuple[dict[str, dict], dict[str, dict]]:
+    """Loads a Haiku checkpoint saved with `np.save` (pickled dict) or `pickle`.
+
+    The layout of DeepMind's released `.npy` files was not verified here, so this accepts the
+    likely ones: `{'<network>_params', '<network>_state', ...}` (BYOL/DetCon experiment state),
+    `{'params', 'state'}`, or a flat dict of Haiku modules (params and state mixed).
+
+    Args:
+      path: `.npy` / `.npz`-free pickle path.
+      network: which network of an experiment state to take (`'online'` or `'target'`).
+
+    Returns:
+      `(params, state)` flat Haiku dicts, for `haiku_to_flax`.
+    """
+    if path.endswith(".npy"):
+        tree = np.load(path, allow_pickle=True)
+        if isinstance(tree, np.ndarray) and tree.dtype == object and tree.shape == ():
+            tree = tree.item()
+    else:
+        import pickle
+
+        with open(path, "rb") as f:
+            tree = pickle.load(f)
+    if not isinstance(tree, Mapping):
+        # e.g. a NamedTuple experiment state
+        tree = dict(tree._asdict()) if hasattr(tree, "_asdict") else vars(tree)
+    for p_key, s_key in ((f"{network}_params", f"{network}_state"), ("params", "state")):
+        if p_key in tree:
+            return dict(tree[p_key]), dict(tree.get(s_key) or {})
+    return split_params_and_state(tree)
+
+
+def _flatten(tree: Mapping[str, Any], path: tuple[str, ...] = ()):
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            yield from _flatten(value, path + (key,))
+        else:
+            yield path + (key,), value
