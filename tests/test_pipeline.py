@@ -60,7 +60,10 @@ class PipelineTestScenes(tfds.core.GeneratorBasedBuilder):
                     "class_mask": tfds.features.Image(shape=(H, W, 1)),
                     "labels": tfds.features.Tensor(shape=(NUM_CLASSES,), dtype=np.bool_),
                     "label": tfds.features.ClassLabel(num_classes=NUM_CLASSES),
-                    "fh_masks": tfds.features.Tensor(shape=(2, H, W), dtype=np.uint8),
+                    # zlib, as synthetic_scenes stores them: decoded only after the skip
+                    "fh_masks": tfds.features.Tensor(
+                        shape=(2, H, W), dtype=np.uint8, encoding=tfds.features.Encoding.ZLIB
+                    ),
                 }
             ),
         )
@@ -99,7 +102,11 @@ class PipelineTestVideos(tfds.core.GeneratorBasedBuilder):
             features=tfds.features.FeaturesDict(
                 {
                     "video": tfds.features.Video(shape=(T_VIDEO, 16, 20, 3)),
-                    "instance_masks": tfds.features.Tensor(shape=(T_VIDEO, 16, 20), dtype=np.uint8),
+                    "instance_masks": tfds.features.Tensor(
+                        shape=(T_VIDEO, 16, 20),
+                        dtype=np.uint8,
+                        encoding=tfds.features.Encoding.ZLIB,
+                    ),
                     "label": tfds.features.ClassLabel(num_classes=8),
                 }
             ),
@@ -143,20 +150,17 @@ def take(it, n):
 
 def test_crop_window_distribution():
     """Windows stay inside the image; area fractions and aspects follow the configured ranges."""
-    seeds = tf.random.experimental.stateless_split([0, 1], 500)
-    fracs, aspects = [], []
-    for s in seeds:
-        u = tf.random.stateless_uniform([4], s)
-        y0, x0, h, w = geometry.sample_crop_window(u, 200, 300, (0.08, 1.0)).numpy()
-        assert 0 <= y0 and y0 + h <= 200 and 0 <= x0 and x0 + w <= 300 and h >= 1 and w >= 1
-        fracs.append(h * w / 60000)
-        aspects.append(w / h)
-    fracs = np.array(fracs)
+    u = tf.random.stateless_uniform([4, 2000], [0, 1])  # the function broadcasts over draws
+    y0, x0, h, w = geometry.sample_crop_window(u, 200, 300, (0.08, 1.0)).numpy()
+    assert (y0 >= 0).all() and (y0 + h <= 200).all() and (x0 >= 0).all() and (x0 + w <= 300).all()
+    assert (h >= 1).all() and (w >= 1).all()
+    fracs, aspects = h * w / 60000, w / h
     assert fracs.min() >= 0.07 and fracs.max() <= 1.0
     # Clipping to the image only shrinks crops; unclipped ones keep their aspect in [3/4, 4/3].
     small = fracs < 0.4
-    assert np.all((np.array(aspects)[small] > 0.73) & (np.array(aspects)[small] < 1.37))
+    assert np.all((aspects[small] > 0.73) & (aspects[small] < 1.37))
     assert 0.4 < fracs.mean() < 0.6  # ~U(0.08, 1): mean 0.54, a little less after clipping
+    assert 0.45 < (y0 / np.maximum(200 - h, 1))[h < 150].mean() < 0.55  # uniform offsets
 
 
 def test_grid_and_center_crop():
@@ -505,3 +509,51 @@ def test_config_defaults_are_documented():
     doc = pipeline.default_data_config.__doc__
     for key in cfg:
         assert re.search(rf"\b{key}\b", doc), key
+
+
+def test_embedded_builders(tmp_path):
+    """The pipelines on the repository's own synthetic_scenes / synthetic_videos (small configs)."""
+    synthetic_scenes = pytest.importorskip("common.data.synthetic_scenes")
+    synthetic_videos = pytest.importorskip("common.data.synthetic_videos")
+    d = str(tmp_path)
+    scenes = synthetic_scenes.SyntheticScenesConfig(
+        name="pipeline_test", image_size=32, num_train=6, num_validation=3, num_test=1
+    )
+    synthetic_scenes.SyntheticScenes(
+        config=scenes, data_dir=d, num_workers=1
+    ).download_and_prepare()
+    videos = synthetic_videos.SyntheticVideosConfig(
+        name="pipeline_test",
+        image_size=16,
+        num_frames=4,
+        num_train=4,
+        num_validation=1,
+        num_test=1,
+    )
+    synthetic_videos.SyntheticVideos(
+        config=videos, data_dir=d, num_workers=1
+    ).download_and_prepare()
+    cfg = dict(data_dir=d, image_size=16, mask_source="fh")
+    batch = next(
+        pipeline.make_pretrain_iterator(
+            dict(cfg, name="synthetic_scenes/pipeline_test"), global_batch_size=2, seed=0
+        )
+    )
+    assert batch["view1"].shape == (2, 16, 16, 3) and batch["mask1"].shape == (2, 16, 16)
+    assert batch["mask1"].min() >= 0
+    ev = list(
+        pipeline.make_eval_iterator(
+            dict(cfg, name="synthetic_scenes/pipeline_test"), "validation", batch_size=2
+        )
+    )
+    assert sum(int(b["_valid"].sum()) for b in ev) == 3 and ev[0]["labels"].dtype == bool
+    assert ev[0]["class_mask"].shape == (2, 16, 16)
+    pairs = next(
+        pipeline.make_video_pair_iterator(
+            dict(cfg, name="synthetic_videos/pipeline_test", mask_source="gt", max_offset=3),
+            global_batch_size=2,
+            seed=0,
+        )
+    )
+    assert pairs["mask2"].shape == (2, 16, 16)
+    assert ((pairs["frame2"] - pairs["frame1"] >= 1) & (pairs["frame2"] <= 3)).all()

@@ -171,7 +171,8 @@ class _Source:
     decoders: dict[str, Callable[[tf.Tensor], tf.Tensor]]  # encoded feature -> decode function
 
     def decode(self, key: str, value: tf.Tensor, channels: int = 3) -> tf.Tensor:
-        """Decodes an encoded image (uint8 `[H, W, C]`); already decoded values pass through."""
+        """Decodes an encoded feature (image bytes: uint8 `[H, W, C]`; TFDS features: their own
+        decoder); already decoded values pass through."""
         if value.dtype != tf.string:
             return value
         fn = self.decoders.get(key)
@@ -207,14 +208,15 @@ def _open_source(
     present = [k for k in wanted if k in features]
     splits = tfds.even_splits(split, n=process_count)
     sizes = [builder.info.splits[s].num_examples for s in splits]
-    # Images and videos stay encoded until after the skip of a resumed run; `decode` decodes them
-    # with the feature's own decoder (right dtype, static shape checks).
+    # Encoded features (images, video frames, zlib/bytes tensors such as FH masks) stay encoded
+    # until after the skip of a resumed run and the shuffle buffer; `decode` decodes them with the
+    # feature's own decoder (right dtype, static shape checks).
     skip, decoders = {}, {}
     for k in present:
         f = features[k]
         if isinstance(f, tfds.features.Video):
             skip[k], decoders[k] = tfds.decode.SkipDecoding(), f.feature.decode_example
-        elif isinstance(f, tfds.features.Image):
+        elif _is_encoded(f):
             skip[k], decoders[k] = tfds.decode.SkipDecoding(), f.decode_example
     ds = builder.as_dataset(
         split=splits[process_index],
@@ -231,6 +233,14 @@ def _open_source(
         features=frozenset(present),
         decoders=decoders,
     )
+
+
+def _is_encoded(feature: tfds.features.FeatureConnector) -> bool:
+    """True if the feature is stored as bytes but decodes to something else."""
+    info = feature.get_serialized_info()
+    if not isinstance(info, tfds.features.TensorInfo):
+        return False
+    return info.dtype == tf.string and tf.as_dtype(feature.dtype) != tf.string
 
 
 def _open_tf_dataset(
@@ -331,7 +341,7 @@ def _image_ids(
     if cfg.mask_source == "grid":
         return geometry.grid_ids(hw[0], hw[1], cfg.grid_size)
     if cfg.mask_source == "fh":
-        ids = _to_ids(ex["fh_masks"][cfg.fh_index])
+        ids = _to_ids(source.decode("fh_masks", ex["fh_masks"])[cfg.fh_index])
     else:
         ids = _to_ids(source.decode("instance_mask", ex["instance_mask"], channels=1))
     return _check_same_size(ids, hw, ex["_key"], f"{cfg.mask_source} mask")
@@ -650,7 +660,7 @@ def make_video_pair_iterator(
         frames = [source.decode(vkey, video[t1]), source.decode(vkey, video[t2])]
         hw = tf.shape(frames[0])[:2]
         if cfg.mask_source == "gt":
-            masks = ex[mask_key]
+            masks = source.decode(mask_key, ex[mask_key])
             ids = [
                 _check_same_size(_to_ids(masks[t1]), hw, ex["_key"], "frame mask"),
                 _check_same_size(
