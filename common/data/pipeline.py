@@ -47,7 +47,6 @@ import tensorflow_datasets as tfds
 
 from common.data import geometry
 
-AUTOTUNE = tf.data.AUTOTUNE
 MASK_SOURCES = ("none", "fh", "gt", "grid")
 EVAL_CROPS = ("center_crop", "resize_full")
 _INT64_MAX = np.iinfo(np.int64).max
@@ -84,6 +83,7 @@ def default_data_config() -> ml_collections.ConfigDict:
       eval_crop_padding: 32 as in DeepMind's evaluation.
       min_offset, max_offset: temporal offset range, in frames, of video frame pairs [DEFAULT].
       video_key, video_mask_key: video features (`video` [T,H,W,3], `instance_masks` [T,H,W]).
+      build_if_missing: let `common.data.loading.ensure_dataset` build an embedded dataset.
     """
     return ml_collections.ConfigDict(
         {
@@ -110,6 +110,7 @@ def default_data_config() -> ml_collections.ConfigDict:
             "max_offset": 8,
             "video_key": "video",
             "video_mask_key": "instance_masks",
+            "build_if_missing": True,
         }
     )
 
@@ -409,7 +410,7 @@ def _epoch_stream(
 def _finish(
     ds: tf.data.Dataset, cfg: types.SimpleNamespace, fn: Callable, batch_size: int
 ) -> tf.data.Dataset:
-    """Parallel map, optional skipping of failing records, batching, prefetching, options."""
+    """Parallel map, optional dropping of failing records, batching."""
     ds = ds.map(fn, num_parallel_calls=cfg.num_parallel_calls, deterministic=cfg.deterministic)
     if cfg.skip_bad_records:
         # Dropped records leave gaps in `_pos`; DataIterator counts them.
