@@ -235,6 +235,9 @@ def test_killed_run_leaves_no_prepared_dataset_and_resumes(photos, photo_data_di
     )
     assert calls == []  # every shard's FH was finished by the killed run
     _check_exact(derived, source, photos[1])
+    # A finished dataset is reused as it is.
+    again = fh_masks.build_fh_dataset("folder_images/photos", photo_data_dir, fh_settings=SETTINGS)
+    assert calls == [] and again.data_dir == derived.data_dir
 
 
 def test_embedded_dataset_source(tmp_path):
@@ -404,6 +407,8 @@ def test_command_line_and_parsing(photo_data_dir, capsys):
         fh_masks.build_fh_dataset(
             "folder_images/photos", photo_data_dir, splits=["nope"], use_beam=False
         )
+    with pytest.raises(FileNotFoundError, match="folder_images/never_built.*folder_builders"):
+        fh_masks.build_fh_dataset("folder_images/never_built", photo_data_dir, use_beam=False)
     with pytest.raises(ValueError, match="no Image feature 'img'"):
         fh_masks.build_fh_dataset(
             "folder_images/photos", photo_data_dir, image_key="img", use_beam=False

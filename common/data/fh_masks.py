@@ -465,7 +465,13 @@ def load_source(
         preparable here (e.g. `coco/2017` never built with `tfds build`).
     """
     _import_local_builders()
-    builder = tfds.builder(dataset, data_dir=data_dir)
+    try:
+        builder = tfds.builder(dataset, data_dir=data_dir)
+    except ValueError as e:  # e.g. a folder dataset's config that was never built
+        raise FileNotFoundError(
+            f"{dataset} is neither prepared in {data_dir} nor a known builder config ({e}). "
+            "Folder datasets are built with `python -m common.data.folder_builders` first."
+        ) from e
     if builder.is_prepared():
         return builder
     if getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None):
@@ -574,6 +580,11 @@ def build_fh_dataset(
     cls = derived_builder_cls(source)
     name = config_name(source.builder_config.name if source.builder_config else None, fh_settings)
     version = str(source.info.version)
+    existing = epath.Path(data_dir) / cls.name / name / version
+    if (existing / "dataset_info.json").exists():
+        # Already written (the rename into place is the last step): nothing to recompute.
+        logging.info("FH dataset %s/%s/%s exists in %s", cls.name, name, version, data_dir)
+        return tfds.builder_from_directory(existing)
     if work_dir is None:
         work_dir = os.path.join(data_dir, "downloads", "fh_work", cls.name, name, version)
     job = FhJob(
