@@ -32,8 +32,9 @@ Generation has two stages, both resumable:
    only at the end, so a killed run never leaves a dataset that reads as prepared. The work
    directory is deleted after success unless `--keep_work_dir`.
 
-Beam runs locally with the DirectRunner on all cores by default
-(`direct_num_workers=0, direct_running_mode=multi_processing`); any runner's options (Dataflow,
+Beam runs locally on all cores by default (`direct_num_workers=0,
+direct_running_mode=multi_processing`, executed by the FnApiRunner, the DirectRunner's batch
+engine; see `beam_runner` for why it is named explicitly); any runner's options (Dataflow,
 Flink, Spark: `runner=DataflowRunner,project=...,temp_location=gs://...`) go through
 `--beam_pipeline_options` (comma-separated `key=value`; the work directory must then be on
 storage every worker sees, e.g. `gs://`). `--local` computes the same thing without Beam, in this
@@ -513,6 +514,21 @@ def beam_options(options: str | Sequence[str] | None):
     return PipelineOptions(list(options))
 
 
+def beam_runner(options):
+    """The runner to use: the options' own, else the local FnApiRunner.
+
+    Without a runner, Beam's DirectRunner (2.6x+) first tries the Prism runner, which downloads a
+    binary at run time (impossible offline) and does not honour `direct_num_workers`; the
+    FnApiRunner is the engine DirectRunner falls back to for batch pipelines, and it runs them
+    on `direct_num_workers` processes in `direct_running_mode`.
+    """
+    if options.get_all_options().get("runner"):
+        return None  # Beam resolves the named runner from the options
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+
+    return fn_runner.FnApiRunner()
+
+
 def _make_importable_by_workers() -> None:
     # DirectRunner's multi-processing workers are new Python processes: they import this package
     # by name to unpickle the functions, so it must be on their path even when not installed.
@@ -548,7 +564,7 @@ def build_fh_dataset(
       fh_dtype: `auto` (from the computed ids), `uint8` or `uint16`.
       image_key: the source image feature.
       use_beam: Apache Beam (True) or the plain local path (False).
-      beam_pipeline_options: `"key=value,..."`; default: DirectRunner on all cores.
+      beam_pipeline_options: `"key=value,..."`; default: local, all cores, worker processes.
       records_per_shard: source records per work unit and FH file.
       work_dir: directory of the per-shard FH files (default under `data_dir/downloads`).
       manual_dir: manual download directory for sources like `imagenet2012`.
@@ -613,6 +629,7 @@ def build_fh_dataset(
     )
     derived = cls(config=config, data_dir=data_dir)
     download_config = tfds.download.DownloadConfig(
+        beam_runner=beam_runner(options) if use_beam else None,
         beam_options=options if use_beam else None,
         # Records that failed in a killed run are re-generated; TFDS's own statistics pass would
         # read the whole dataset once more for nothing DetCon uses.
@@ -632,7 +649,7 @@ def _compute_all_shards(job, shards, use_beam, options, num_workers) -> None:
     if use_beam:
         import apache_beam as beam
 
-        with beam.Pipeline(options=options) as pipeline:
+        with beam.Pipeline(runner=beam_runner(options), options=options) as pipeline:
             _ = (
                 pipeline
                 | "Shards" >> beam.Create(pending)
