@@ -154,15 +154,16 @@ def test_scenes_builder_features_and_content(tmp_path):
         "test": 4,
     }
     for split_id, split in enumerate(("train", "validation", "test")):
-        for ex in _records(builder, split):
-            index = None
-            # Records come shuffled by key; find each one's index by re-rendering all of them.
-            for i in range(builder.info.splits[split].num_examples):
-                scene = procedural.render_scene(np.random.default_rng([0, split_id, i]), 64)
-                if np.array_equal(scene.image, ex["image"]):
-                    index = i
-                    break
-            assert index is not None, "stored image differs from the renderer's"
+        # Records come shuffled by key: match each one to the renderer's output by its pixels.
+        n = builder.info.splits[split].num_examples
+        scenes = [
+            procedural.render_scene(np.random.default_rng([0, split_id, i]), 64) for i in range(n)
+        ]
+        by_image = {scene.image.tobytes(): scene for scene in scenes}
+        records = _records(builder, split)
+        assert len(records) == n
+        for ex in records:
+            scene = by_image.pop(ex["image"].tobytes())  # KeyError: image differs from renderer
             np.testing.assert_array_equal(ex["instance_mask"][..., 0], scene.instance_mask)
             np.testing.assert_array_equal(ex["class_mask"][..., 0], scene.class_mask)
             np.testing.assert_array_equal(ex["labels"], scene.labels)
