@@ -265,9 +265,11 @@ class ResNet(nn.Module):
       einsum_1x1: implement 1x1 convs as einsums (`Conv1x1`: ~2x faster ResNet-50 forward on
         XLA:CPU, same parameters). Off by default because it is not bit-exact with Haiku: with
         `nn.Conv` a ResNet-50 reproduces Haiku's features exactly (error 0.0 on XLA:CPU, both BN
-        modes); the einsum differs at float32 rounding level, which training-mode BatchNorm can
-        amplify to ~1e-3 at stage 4 (the same amount by which Haiku differs from itself between
-        eager and jit execution). Turn it on for CPU-bound local runs.
+        modes). With the einsum, inference is still exact, but in training mode the batch
+        statistics see float32-rounding-level differences that BatchNorm amplifies to ~1e-3 at
+        stage 4 (random-weight R50, batch 2 at 224 px; the same amount by which Haiku differs from
+        itself between eager and jit execution). The forward gain did not carry over clearly to
+        forward+backward in our measurements. Turn it on for CPU-bound local runs if it helps.
     """
 
     depth: int = 50
@@ -291,6 +293,15 @@ class ResNet(nn.Module):
         """Output channels of the four block groups."""
         mult = (4, 8, 16, 32) if self.bottleneck else (1, 2, 4, 8)
         return tuple(m * self.base_width * self.width_multiplier for m in mult)
+
+    @property
+    def zero_init_residual(self) -> bool:
+        """Whether the blocks' last BN scale starts at zero (resolves `zero_init_last_bn=None`)."""
+        if self.resnet_v2:
+            return False
+        if self.zero_init_last_bn is None:
+            return self.bottleneck  # Haiku: BlockV1 zero-inits batchnorm_2 only
+        return self.zero_init_last_bn
 
     @property
     def stage_strides(self) -> tuple[int, int, int, int]:
@@ -327,9 +338,6 @@ class ResNet(nn.Module):
             blocks = tuple(self.blocks_per_group)
             if len(blocks) != 4:
                 raise ValueError(f"blocks_per_group must have 4 entries, got {blocks}")
-        zero_init = self.zero_init_last_bn
-        if zero_init is None:
-            zero_init = bottleneck
         # Haiku: every group of a bottleneck net projects; basic nets skip group 0 because the
         # stem already has the group-0 width.
         use_projection = (True,) * 4 if bottleneck else (False, True, True, True)
@@ -348,7 +356,7 @@ class ResNet(nn.Module):
 
         block_kwargs = dict(
             bottleneck=bottleneck,
-            zero_init_last_bn=bool(zero_init) and not self.resnet_v2,
+            zero_init_last_bn=self.zero_init_residual,
             dtype=self.dtype,
             bn_axis_name=self.bn_axis_name,
             einsum_1x1=self.einsum_1x1,
