@@ -22,7 +22,8 @@ Generation has two stages, both resumable:
 1. FH per shard (a range of `records_per_shard` source records) into a work directory
    (default `<data_dir>/downloads/fh_work/<derived name>/<config>/<version>/`): one `.npz` per
    shard, written to a temporary name and renamed into place, so a shard file is complete or
-   absent. A restarted run skips every shard whose file exists. With `--fh_dtype auto` (default)
+   absent. A restarted run (with the same `--records_per_shard`, which names the shards) skips
+   every shard whose file exists. With `--fh_dtype auto` (default)
    this stage runs first over every shard, and its per-record maximum ids decide the storage
    dtype (uint8 if every id < 256, else uint16; more than 65,536 segments is an error naming the
    record) before the feature spec of the derived dataset is fixed.
@@ -37,7 +38,8 @@ direct_running_mode=multi_processing`, executed by the FnApiRunner, the DirectRu
 engine; see `beam_runner` for why it is named explicitly); any runner's options (Dataflow,
 Flink, Spark: `runner=DataflowRunner,project=...,temp_location=gs://...`) go through
 `--beam_pipeline_options` (comma-separated `key=value`; the work directory must then be on
-storage every worker sees, e.g. `gs://`). `--local` computes the same thing without Beam, in this
+storage every worker sees, e.g. `gs://`, and the workers need this package, e.g.
+`setup_file=./setup.py`). `--local` computes the same thing without Beam, in this
 process (`--num_workers N` for a process pool in stage 1).
 
 Sources: a prepared dataset is read as it is (e.g. `coco/2017`, which must have been prepared
@@ -48,6 +50,7 @@ error naming it. The embedded datasets (`synthetic_scenes`, ...) are generated i
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import functools
@@ -273,42 +276,44 @@ def compute_shard(job: FhJob, shard: Shard) -> str:
     return os.fspath(path)
 
 
+@contextlib.contextmanager
 def _open_shard(job: FhJob, shard: Shard):
-    data = np.load(shard_file(job, shard).open("rb"))
-    settings = np.asarray(job.fh_settings, dtype=np.float64)
-    if not np.array_equal(data["settings"], settings):
-        raise ValueError(
-            f"{shard_file(job, shard)} holds FH settings {data['settings'].tolist()}, not "
-            f"{settings.tolist()}; remove the work directory {job.work_dir}"
-        )
-    return data
+    """The shard's FH file as an `NpzFile` (members are read on access), checked and closed."""
+    path = shard_file(job, shard)
+    with path.open("rb") as f, np.load(f) as data:
+        settings = np.asarray(job.fh_settings, dtype=np.float64)
+        if not np.array_equal(data["settings"], settings):
+            raise ValueError(
+                f"{path} holds FH settings {data['settings'].tolist()}, not "
+                f"{settings.tolist()}; remove the work directory {job.work_dir}"
+            )
+        yield data
 
 
 def shard_max_ids(job: FhJob, shard: Shard) -> tuple[int, int]:
     """`(largest id, index of the record that has it)` of a computed shard."""
-    data = _open_shard(job, shard)
-    max_id = data["max_id"].max(axis=1)
+    with _open_shard(job, shard) as data:
+        max_id, indices = data["max_id"].max(axis=1), data["index"]
     i = int(np.argmax(max_id))
-    return int(max_id[i]), int(data["index"][i])
+    return int(max_id[i]), int(indices[i])
 
 
 def shard_examples(job: FhJob, shard: Shard, dtype: str) -> Iterator[tuple[int, dict]]:
     """Stage 2 for one shard: `(index, record + fh_masks)` with ids cast to `dtype`."""
     compute_shard(job, shard)
-    data = _open_shard(job, shard)
     features = _source_builder(job).info.features
-    for i, (index, record) in enumerate(read_records(job, shard)):
-        name = _record_name(job, shard.split, index, record)
-        if int(data["index"][i]) != index or int(data["crc"][i]) != zlib.crc32(
-            record[job.image_key]
-        ):
-            raise ValueError(
-                f"FH file {shard_file(job, shard)} does not match source record {name}: the "
-                f"source changed; remove the work directory {job.work_dir}"
-            )
-        example = _encodable(features, record)
-        example[FEATURE] = segmentation.cast_ids(data[f"ids_{i}"], dtype, record=name)
-        yield index, example
+    with _open_shard(job, shard) as data:
+        indices, crcs = data["index"], data["crc"]
+        for i, (index, record) in enumerate(read_records(job, shard)):
+            name = _record_name(job, shard.split, index, record)
+            if int(indices[i]) != index or int(crcs[i]) != zlib.crc32(record[job.image_key]):
+                raise ValueError(
+                    f"FH file {shard_file(job, shard)} does not match source record {name}: "
+                    f"the source changed; remove the work directory {job.work_dir}"
+                )
+            example = _encodable(features, record)
+            example[FEATURE] = segmentation.cast_ids(data[f"ids_{i}"], dtype, record=name)
+            yield index, example
 
 
 def _compute_shard_element(shard: Shard, job: FhJob) -> str:
