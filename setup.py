@@ -19,6 +19,8 @@ INSTALL_REQUIRES = [
     "numpy>=2.0,<2.5",
     "pillow>=10",
     "psutil>=5",
+    # tensorflow-datasets imports it for builders defined outside its own package.
+    "importlib_resources>=6",
 ]
 
 EXTRAS = {

@@ -133,6 +133,12 @@ def dummy_batch(config: ml_collections.ConfigDict, batch_size: int = 2) -> dict[
     return {"view1": jnp.zeros((batch_size, s, s, 3), jnp.float32)}
 
 
+def init_rng(seed: int) -> jax.Array:
+    """The key that initialises the networks. The 'rbg' generator compiles a ResNet's init about
+    10x faster than threefry on XLA:CPU (45 s -> 5 s for a small ResNet-18) and is deterministic."""
+    return jax.random.key(seed, impl="rbg")
+
+
 def init_state(setup: Setup, rng: jax.Array) -> TrainState:
     """Initialises every network (EMA networks from their own rng unless `ema.init == 'copy'`)."""
     batch = dummy_batch(setup.config)
@@ -334,7 +340,7 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     replicated = NamedSharding(mesh, P())
     batch_sharding = NamedSharding(mesh, P("data"))
     init = jax.jit(functools.partial(init_state, setup), out_shardings=replicated)
-    state = init(jax.random.PRNGKey(config.seed))
+    state = init(init_rng(config.seed))
     signature = checkpoint.model_signature(config, state)
 
     ckpt = checkpoint.Checkpointer(workdir, keep=config.checkpoint.keep)

@@ -11,13 +11,14 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Overrides that make any `local` config tiny enough for a test: 32 px views, a narrow
-# small-stem ResNet-18 (8x8... 4x4 grid), batch 16, a handful of steps.
+# small-stem ResNet (4x4 grid, 8 base channels), batch 16, a handful of steps.
 TINY_OVERRIDES = {
     "batch_size": 16,
     "total_steps": 6,
     "log_every_steps": 1,
     "checkpoint.every_steps": 2,
     "data.image_size": 32,
+    "model.backbone_kwargs.base_width": 8,
     "data.name": "synthetic_scenes/tiny",
     "data.shuffle_buffer": 64,
     "model.projector_hidden": 64,

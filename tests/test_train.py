@@ -46,7 +46,7 @@ def _step_on(devices, setup, batch):
     mesh = Mesh(np.asarray(devices), ("data",))
     replicated = NamedSharding(mesh, P())
     state = jax.jit(functools.partial(train.init_state, setup), out_shardings=replicated)(
-        jax.random.PRNGKey(0)
+        train.init_rng(0)
     )
     batch = train.to_global(batch, NamedSharding(mesh, P("data")))
     step = jax.jit(functools.partial(train.train_step, setup), out_shardings=replicated)
@@ -63,20 +63,25 @@ def test_step_on_8_devices_equals_1_device(experiment, tmp_path):
     batch = _random_batch(config, config.batch_size)
     state8, m8 = _step_on(jax.devices()[:8], setup, batch)
     state1, m1 = _step_on(jax.devices()[:1], setup, batch)
+    # Relative difference of each part as a whole: some leaves are mathematically zero (the
+    # bias of a Dense layer followed by BatchNorm gets a zero gradient) and hold only rounding
+    # noise, so a per-leaf relative difference would compare noise with noise.
     for part in ("params", "ema_params", "batch_stats"):
         a = jax.tree_util.tree_leaves(getattr(state8, part))
         b = jax.tree_util.tree_leaves(getattr(state1, part))
-        assert len(a) == len(b) > 0 or part == "ema_params"
-        for x, y in zip(a, b):
-            scale = np.maximum(np.abs(y).max(), 1e-6)
-            assert np.abs(x - y).max() / scale <= 1e-5, part
+        assert len(a) == len(b)
+        if not b:
+            continue
+        diff = max(float(np.abs(x - y).max()) for x, y in zip(a, b))
+        scale = max(float(np.abs(y).max()) for y in b)
+        assert diff / scale <= 1e-5, (part, diff, scale)
     assert np.isclose(m8["loss"], m1["loss"], rtol=1e-5)
 
 
 def test_step_updates_only_online_by_gradient_and_target_by_ema(tmp_path):
     config = helpers.tiny_config("byol", str(tmp_path))
     setup = train.build(config, num_examples=256)
-    state = train.init_state(setup, jax.random.PRNGKey(0))
+    state = train.init_state(setup, train.init_rng(0))
     batch = {k: jnp.asarray(v) for k, v in _random_batch(config, 8).items()}
     new, metrics = jax.jit(functools.partial(train.train_step, setup))(state, batch)
     tau = float(metrics["tau_target"])
