@@ -23,16 +23,18 @@ class CheckpointMismatchError(ValueError):
 
 def model_signature(config, state: Any) -> dict[str, Any]:
     """What must agree between a checkpoint and the config that resumes it."""
-    shapes = jax.tree_util.tree_map(lambda x: list(np.shape(x)), state.params)
-    paths = jax.tree_util.tree_flatten_with_path(shapes)[0]
-    text = json.dumps([(jax.tree_util.keystr(p), s) for p, s in paths])
-    return {
+    leaves = jax.tree_util.tree_flatten_with_path(state.params)[0]
+    shapes = [(jax.tree_util.keystr(p), list(np.shape(x))) for p, x in leaves]
+    text = json.dumps(shapes)
+    signature = {
         "method": config.method,
         "backbone": config.model.backbone,
         "backbone_kwargs": dict(config.model.get("backbone_kwargs", {})),
-        "num_params": int(sum(np.prod(s) for _, s in paths)),
+        "num_params": int(sum(np.prod(s) for _, s in shapes)),
         "param_shapes_sha1": hashlib.sha1(text.encode()).hexdigest(),
     }
+    # As it reads back from JSON (tuples become lists), so saved and fresh ones compare equal.
+    return json.loads(json.dumps(signature))
 
 
 def describe(sig: dict[str, Any]) -> str:

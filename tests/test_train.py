@@ -125,6 +125,17 @@ def _wait_for_step(workdir, step, proc, timeout=300):
     raise TimeoutError(f"no step {step} in {workdir}")
 
 
+def _wait_for_checkpoint(workdir, proc, timeout=120):
+    """Waits until Orbax has committed a checkpoint (a directory named by its step alone)."""
+    deadline = time.time() + timeout
+    path = os.path.join(workdir, "checkpoints")
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.isdir(path) and any(name.isdigit() for name in os.listdir(path)):
+            return True
+        time.sleep(0.02)
+    return False
+
+
 def test_resume_after_sigkill_matches_uninterrupted_run(data_dir, tmp_path):
     steps = {"total_steps": 8, "checkpoint.every_steps": 2}
     ref_dir, kill_dir = str(tmp_path / "ref"), str(tmp_path / "killed")
@@ -136,7 +147,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(data_dir, tmp_path):
         env=helpers.subprocess_env(), cwd=helpers.REPO,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    reached = _wait_for_step(kill_dir, kill_at, proc)
+    reached = _wait_for_step(kill_dir, kill_at, proc) and _wait_for_checkpoint(kill_dir, proc)
     proc.kill()
     proc.wait()
     assert reached, "the run ended before it could be killed"

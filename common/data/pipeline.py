@@ -61,7 +61,7 @@ def default_data_config() -> ml_collections.ConfigDict:
 
     Fields:
       name: TFDS dataset name (with config/version if needed), e.g. `synthetic_scenes`.
-      data_dir: TFDS data directory (None: TFDS default).
+      data_dir: TFDS data directory (empty: TFDS default).
       split: pretraining split (any TFDS split expression, e.g. `train[:90%]`).
       image_size: view size S (224 in the papers).
       mask_source: `none` | `fh` (channel `fh_index` of `fh_masks`) | `gt` (`instance_mask`) |
@@ -88,7 +88,7 @@ def default_data_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(
         {
             "name": "synthetic_scenes",
-            "data_dir": None,
+            "data_dir": "",  # empty: the TFDS default; a string so --config can override it
             "split": "train",
             "image_size": 224,
             "mask_source": "none",
