@@ -79,12 +79,34 @@ def load_final_params(workdir: str) -> dict[str, np.ndarray]:
     import jax
     import orbax.checkpoint as ocp
 
-    manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
+    manager = ocp.CheckpointManager(
+        os.path.join(workdir, "checkpoints"),
+        item_handlers={"state": ocp.StandardCheckpointHandler()},
+    )
     step = manager.latest_step()
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-    state = restored["state"]
+    # Restore onto this process's first device, whatever topology saved it.
+    metadata = manager.item_metadata(step)["state"]
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree_util.tree_map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata
+    )
+    state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))[
+        "state"
+    ]
     flat = jax.tree_util.tree_flatten_with_path(
         {"params": state["params"], "ema": state["ema_params"], "bs": state["batch_stats"]}
     )[0]
     manager.close()
     return {jax.tree_util.keystr(p): np.asarray(v) for p, v in flat}, step
+
+
+def relative_difference(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
+    """max |a - b| over every leaf, divided by max |b| over every leaf.
+
+    Measured over the set as a whole: some leaves are mathematically zero (the bias of a Dense
+    layer followed by BatchNorm gets a zero gradient) and hold only rounding noise, so a per-leaf
+    relative difference would compare noise with noise.
+    """
+    assert a.keys() == b.keys()
+    diff = max(float(np.abs(a[k] - b[k]).max()) for k in b)
+    return diff / max(float(np.abs(b[k]).max()) for k in b)

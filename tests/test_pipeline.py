@@ -300,6 +300,29 @@ def test_processes_read_disjoint_halves(data_dir, source):
     assert seen[0] | seen[1] == set(range(N_TRAIN))
 
 
+def test_one_process_with_two_shards_reads_what_two_processes_read(data_dir):
+    """With `num_shards` fixed, the global stream does not depend on how many processes read it:
+    process p's rows are exactly rows [p*b, (p+1)*b) of the one-process batch."""
+    kw = dict(global_batch_size=8, seed=3, start_step=2)
+    single = pipeline.make_pretrain_iterator(config(data_dir, num_shards=2), **kw)
+    procs = [
+        pipeline.make_pretrain_iterator(config(data_dir), process_index=p, process_count=2, **kw)
+        for p in range(2)
+    ]
+    for _ in range(3):
+        whole = next(single)
+        halves = [next(it) for it in procs]
+        assert not set(halves[0]["index"].tolist()) & set(halves[1]["index"].tolist())
+        for key in whole:
+            np.testing.assert_array_equal(
+                whole[key], np.concatenate([h[key] for h in halves]), err_msg=key
+            )
+    with pytest.raises(ValueError, match="multiple of the number of processes"):
+        pipeline.make_pretrain_iterator(
+            config(data_dir, num_shards=3), process_index=0, process_count=2, **kw
+        )
+
+
 def test_resume_is_bitwise_identical(data_dir):
     """(d) Starting at step k gives exactly the batches of the run from 0 at step k, including
     batches that straddle an epoch boundary (26 records, batches of 5)."""

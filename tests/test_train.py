@@ -63,18 +63,14 @@ def test_step_on_8_devices_equals_1_device(experiment, tmp_path):
     batch = _random_batch(config, config.batch_size)
     state8, m8 = _step_on(jax.devices()[:8], setup, batch)
     state1, m1 = _step_on(jax.devices()[:1], setup, batch)
-    # Relative difference of each part as a whole: some leaves are mathematically zero (the
-    # bias of a Dense layer followed by BatchNorm gets a zero gradient) and hold only rounding
-    # noise, so a per-leaf relative difference would compare noise with noise.
     for part in ("params", "ema_params", "batch_stats"):
-        a = jax.tree_util.tree_leaves(getattr(state8, part))
-        b = jax.tree_util.tree_leaves(getattr(state1, part))
-        assert len(a) == len(b)
-        if not b:
-            continue
-        diff = max(float(np.abs(x - y).max()) for x, y in zip(a, b))
-        scale = max(float(np.abs(y).max()) for y in b)
-        assert diff / scale <= 1e-5, (part, diff, scale)
+        a, b = (
+            {jax.tree_util.keystr(p): np.asarray(x) for p, x in
+             jax.tree_util.tree_flatten_with_path(getattr(s, part))[0]}
+            for s in (state8, state1)
+        )  # fmt: skip
+        if b:
+            assert helpers.relative_difference(a, b) <= 1e-5, part
     assert np.isclose(m8["loss"], m1["loss"], rtol=1e-5)
 
 

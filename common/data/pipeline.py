@@ -84,6 +84,10 @@ def default_data_config() -> ml_collections.ConfigDict:
       min_offset, max_offset: temporal offset range, in frames, of video frame pairs [DEFAULT].
       video_key, video_mask_key: video features (`video` [T,H,W,3], `instance_masks` [T,H,W]).
       build_if_missing: let `common.data.loading.ensure_dataset` build an embedded dataset.
+      num_shards: how many disjoint slices the training stream is made of (0: one per process).
+        Global batch k is the concatenation of batch k of every slice, so fixing num_shards
+        makes the stream independent of the number of processes reading it (a job resumed on a
+        different slice of a pod, or one process emulating two). A multiple of process_count.
     """
     return ml_collections.ConfigDict(
         {
@@ -111,6 +115,7 @@ def default_data_config() -> ml_collections.ConfigDict:
             "video_key": "video",
             "video_mask_key": "instance_masks",
             "build_if_missing": True,
+            "num_shards": 0,
         }
     )
 
@@ -481,6 +486,49 @@ class DataIterator:
         return batch
 
 
+class ConcatIterator:
+    """One process reading several data shards: their batches concatenated in shard order."""
+
+    def __init__(self, iterators: Sequence[DataIterator]):
+        self.iterators = list(iterators)
+
+    def __iter__(self) -> ConcatIterator:
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        batches = [next(it) for it in self.iterators]
+        return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+
+    @property
+    def num_skipped(self) -> int:
+        return sum(it.num_skipped for it in self.iterators)
+
+
+def data_shards(num_shards: int, process_index: int, process_count: int) -> tuple[int, list[int]]:
+    """(total shards, the contiguous shards this process reads); 0 means one per process."""
+    n = int(num_shards) or process_count
+    if n % process_count:
+        raise ValueError(
+            f"data.num_shards={n} must be a multiple of the number of processes ({process_count})"
+        )
+    per = n // process_count
+    return n, list(range(process_index * per, (process_index + 1) * per))
+
+
+def _over_shards(make_one, data_config, *, process_index, process_count, start_position, **kw):
+    n, shards = data_shards(_resolve_config(data_config).num_shards, process_index, process_count)
+    if len(shards) == 1:
+        return make_one(
+            data_config, process_index=shards[0], process_count=n,
+            start_position=start_position, **kw,
+        )  # fmt: skip
+    if start_position is not None:
+        raise ValueError("start_position resumes one data shard; this process reads several")
+    return ConcatIterator(
+        [make_one(data_config, process_index=s, process_count=n, **kw) for s in shards]
+    )
+
+
 def _make_diagnose(
     raw: Callable[[int], tf.data.Dataset], fn: Callable, window: int
 ) -> Callable[[int, Exception], None]:
@@ -564,6 +612,35 @@ def make_pretrain_iterator(
     process_count: int = 1,
     dataset: tf.data.Dataset | None = None,
     start_position: int | None = None,
+) -> DataIterator | ConcatIterator:
+    """Two augmented views (with transported masks) per example, for global steps `start_step`+.
+
+    This process's rows of each global batch: the batches of its data shards (`num_shards`),
+    concatenated in shard order. See `make_shard_pretrain_iterator` for the arguments and keys.
+    """
+    return _over_shards(
+        make_shard_pretrain_iterator,
+        data_config,
+        global_batch_size=global_batch_size,
+        seed=seed,
+        start_step=start_step,
+        process_index=process_index,
+        process_count=process_count,
+        dataset=dataset,
+        start_position=start_position,
+    )
+
+
+def make_shard_pretrain_iterator(
+    data_config: Mapping[str, Any] | None,
+    *,
+    global_batch_size: int,
+    seed: int,
+    start_step: int = 0,
+    process_index: int = 0,
+    process_count: int = 1,
+    dataset: tf.data.Dataset | None = None,
+    start_position: int | None = None,
 ) -> DataIterator:
     """Two augmented views (with transported masks) per example, for global steps `start_step`+.
 
@@ -602,6 +679,32 @@ def make_pretrain_iterator(
 
 
 def make_video_pair_iterator(
+    data_config: Mapping[str, Any] | None,
+    *,
+    global_batch_size: int,
+    seed: int,
+    start_step: int = 0,
+    process_index: int = 0,
+    process_count: int = 1,
+    dataset: tf.data.Dataset | None = None,
+    start_position: int | None = None,
+) -> DataIterator | ConcatIterator:
+    """Two frames of one clip per example; this process's data shards concatenated (see
+    `make_shard_video_pair_iterator` for the arguments and keys)."""
+    return _over_shards(
+        make_shard_video_pair_iterator,
+        data_config,
+        global_batch_size=global_batch_size,
+        seed=seed,
+        start_step=start_step,
+        process_index=process_index,
+        process_count=process_count,
+        dataset=dataset,
+        start_position=start_position,
+    )
+
+
+def make_shard_video_pair_iterator(
     data_config: Mapping[str, Any] | None,
     *,
     global_batch_size: int,

@@ -1,8 +1,13 @@
-"""Frozen features of a trained network, for every evaluator."""
+"""Frozen features of a trained network, for every evaluator.
+
+Evaluation batches are global arrays on the mesh like training batches, so an evaluator written
+with jitted reductions (`sum over valid rows`) works unchanged on one host or many: every result
+leaves the device as a replicated scalar, never as a host copy of a sharded array.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Mapping
 
 import jax
 import numpy as np
@@ -20,27 +25,28 @@ def network_variables(state, network: str = "online") -> dict:
     return {"params": params, "batch_stats": state.batch_stats.get(network, {})}
 
 
-def make_apply_fn(setup, state, *, mesh, network: str = "online") -> Callable:
-    """A jitted `images [B,S,S,3] in [0,1] -> network outputs` in inference mode (running BN
-    statistics, as the BYOL linear-evaluation protocol freezes them), batch on the mesh."""
-    module = setup.modules[network]
-    variables = network_variables(state, network)
-    batch_sharding = NamedSharding(mesh, P("data"))
+def apply_frozen(module, variables, images: jax.Array) -> dict:
+    """`images [B,S,S,3] in [0,1]` -> network outputs in inference mode (running BatchNorm
+    statistics, as the BYOL linear-evaluation protocol freezes them). Call inside jit."""
+    out = module.apply(variables, augment.normalize(images), train=False)
+    out.pop("features", None)
+    return out
 
-    @jax.jit
-    def apply(variables, images):
-        out = module.apply(variables, augment.normalize(images), train=False)
-        out.pop("features", None)
-        return out
 
-    def fn(images: np.ndarray):
-        images = jax.make_array_from_process_local_data(batch_sharding, np.asarray(images))
-        return apply(variables, images)
-
-    return fn
+def to_global(batch: Mapping[str, np.ndarray], mesh) -> dict[str, jax.Array]:
+    """This process's rows -> global arrays sharded on `data` (`_valid` included)."""
+    sharding = NamedSharding(mesh, P("data"))
+    out = {}
+    for key, value in batch.items():
+        value = np.asarray(value)
+        if value.dtype == np.int64:
+            value = value.astype(np.int32)
+        out[key] = jax.make_array_from_process_local_data(sharding, value)
+    return out
 
 
 def eval_batches(config, split: str, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+    """Padded evaluation batches of `split` for this process (`batch_size` is global)."""
     from common.data import pipeline
 
     return pipeline.make_eval_iterator(

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
-import numpy as np
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from common.eval import register_evaluator
-from common.eval.features import eval_batches, make_apply_fn
+from common.eval.features import apply_frozen, eval_batches, network_variables, to_global
 
 
 @register_evaluator("monitor")
 class MonitorEvaluator:
     """Accuracy of the stop-gradient linear classifier that pretraining trains alongside.
 
-    Options (`config.evals.monitor`): `split` (default `validation`), `batch_size`.
+    Options (`config.evals.monitor`): `split` (default `validation`), `batch_size` (global).
     """
 
     def __init__(self, config, eval_config):
@@ -21,14 +26,18 @@ class MonitorEvaluator:
         self.batch_size = eval_config.get("batch_size", 64)
 
     def run(self, setup, state, *, mesh) -> dict[str, float]:
-        apply = make_apply_fn(setup, state, mesh=mesh)
-        classifier = {"params": state.params["classifier"]}
-        correct = total = 0
+        @functools.partial(jax.jit, out_shardings=NamedSharding(mesh, P()))
+        def counts(variables, classifier, batch):
+            emb = apply_frozen(setup.modules["online"], variables, batch["image"])["embedding"]
+            logits = setup.classifier.apply({"params": classifier}, emb)
+            valid = batch["_valid"]
+            hits = (jnp.argmax(logits, -1) == batch["label"]) & valid
+            return jnp.stack([hits.sum(), valid.sum()])
+
+        variables = network_variables(state, "online")
+        total = jnp.zeros(2, jnp.int32)
         for batch in eval_batches(self.config, self.split, self.batch_size):
-            emb = apply(batch["image"])["embedding"]
-            logits = setup.classifier.apply(classifier, emb)
-            hits = np.asarray(np.argmax(np.asarray(logits), -1) == batch["label"])
-            valid = np.asarray(batch["_valid"], bool)
-            correct += int(hits[valid].sum())
-            total += int(valid.sum())
-        return {"top1": correct / max(total, 1), "num_examples": float(total)}
+            batch = {k: batch[k] for k in ("image", "label", "_valid")}
+            total = total + counts(variables, state.params["classifier"], to_global(batch, mesh))
+        correct, count = (int(x) for x in jax.device_get(total))
+        return {"top1": correct / max(count, 1), "num_examples": float(count)}
