@@ -154,6 +154,18 @@ class Method:
         """
         raise NotImplementedError
 
+    def save_pictures(
+        self, nets: Networks, batch: Mapping[str, Any], rng: Array, path: str
+    ) -> bool:
+        """Writes a PNG of what the method sees on `batch` to `path`; returns whether it did.
+
+        Called by the trainer on process 0 every `config.pictures_every_steps` (and by the
+        pictures command) with inference-mode networks and a host batch (views in [0, 1], not
+        augmented). Default: nothing to show.
+        """
+        del nets, batch, rng, path
+        return False
+
     def tau(self, ema_name: str, step: Array, total_steps: int) -> Array:
         """The EMA decay of `ema_name` at `step` (BYOL's cosine schedule from `config.ema`)."""
         from common import optim  # local import keeps this module free of optimiser code

@@ -360,11 +360,13 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     )
     data = make_data_iterator(config, start_step)
     preemption = _Preemption()
+    pictures_on = bool(config.get("pictures_every_steps", 0))
     logger.start(start_step)
     step_metrics: dict[str, Any] = {}
     try:
         for step in range(start_step + 1, setup.total_steps + 1):
-            batch = to_global(next(data), batch_sharding)
+            host_batch = next(data)
+            batch = to_global(host_batch, batch_sharding)
             state, step_metrics = step_fn(state, batch)
             if not bool(step_metrics["finite"]):
                 raise metrics.NonFiniteError(
@@ -374,6 +376,10 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
             last = step == setup.total_steps
             if step % config.log_every_steps == 0 or last:
                 logger.log(step, metrics.to_host(step_metrics))
+            if not last and _every(config.get("eval_every_steps", 0), step):
+                run_evaluators_logged(setup, state, logger)
+            if _every(config.get("pictures_every_steps", 0), step) or (last and pictures_on):
+                save_pictures(setup, state, host_batch, workdir, step)
             if step % config.checkpoint.every_steps == 0 or last or preemption.requested:
                 ckpt.save(step, state, signature)
             if preemption.requested:
@@ -390,13 +396,38 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     return results
 
 
-def run_final_evaluation(setup: Setup, state: TrainState, workdir: str, logger) -> dict:
-    """Evaluates the trained representation; prints a table and writes `final_eval.json`."""
+def _every(period: int, step: int) -> bool:
+    return bool(period) and step % period == 0
+
+
+def run_evaluators_logged(setup: Setup, state: TrainState, logger) -> dict:
+    """Runs the config's evaluators on the current state and logs them under `eval/`."""
     from common.eval import run_evaluators
 
     results = run_evaluators(setup, state, mesh=create_mesh())
     if results:
         logger.log(int(state.step), results, prefix="eval")
+    return results
+
+
+def save_pictures(setup: Setup, state: TrainState, host_batch, workdir: str, step: int) -> None:
+    """`<workdir>/pictures/step_<step>.png` from the method's `save_pictures` (process 0)."""
+    if jax.process_index() != 0:
+        return
+    nets = Networks(
+        setup.modules, {**state.params, **state.ema_params}, state.batch_stats, train=False
+    )
+    os.makedirs(os.path.join(workdir, "pictures"), exist_ok=True)
+    path = os.path.join(workdir, "pictures", f"step_{step:07d}.png")
+    rng = jax.random.fold_in(jax.random.PRNGKey(setup.config.seed + 1), step)
+    if setup.method.save_pictures(nets, host_batch, rng, path):
+        print(f"pictures: {path}", flush=True)
+
+
+def run_final_evaluation(setup: Setup, state: TrainState, workdir: str, logger) -> dict:
+    """Evaluates the trained representation; prints a table and writes `final_eval.json`."""
+    results = run_evaluators_logged(setup, state, logger)
+    if results:
         if jax.process_index() == 0:
             with open(os.path.join(workdir, "final_eval.json"), "w") as f:
                 json.dump(results, f, indent=2)

@@ -56,6 +56,8 @@ def base_config(method: str, variant: str) -> ml_collections.ConfigDict:
     c.total_steps = 0  # 0: derived from num_epochs and the dataset size
     c.num_epochs = 0
     c.log_every_steps = 10
+    c.eval_every_steps = 0  # 0: evaluate at the end only
+    c.pictures_every_steps = 0  # 0: no pictures during training
     c.checkpoint = ml_collections.ConfigDict({"every_steps": 100, "keep": 3})
     c.ema = ml_collections.ConfigDict({"base_tau": 0.996, "init": "independent"})
     c.loss = ml_collections.ConfigDict({"temperature": 0.1})
