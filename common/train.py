@@ -375,7 +375,9 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                 )
             last = step == setup.total_steps
             if step % config.log_every_steps == 0 or last:
-                logger.log(step, metrics.to_host(step_metrics))
+                # Bad records dropped by the pipeline (data.skip_bad_records) are counted here.
+                skipped = {"skipped_records": getattr(data, "num_skipped", 0)}
+                logger.log(step, {**metrics.to_host(step_metrics), **skipped})
             if not last and _every(config.get("eval_every_steps", 0), step):
                 run_evaluators_logged(setup, state, logger)
             if _every(config.get("pictures_every_steps", 0), step) or (last and pictures_on):
