@@ -13,6 +13,7 @@ the target network.
 
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -55,6 +56,24 @@ def sample_view_masks(
     return ids, masks.masks_from_ids(grid, ids), grid
 
 
+class DetConPool(nn.Module):
+    """`heads.MaskPool` during pretraining; the global spatial mean when called without masks.
+
+    Evaluators (the online linear monitor, `common.eval`) apply the online network to whole
+    images without masks and read only its `embedding`; falling back to one full-image mask
+    (`[B, 1, C]`) keeps those calls valid. Parameter-free, so checkpoints are unaffected.
+    """
+
+    feature_key: str = "out"
+
+    @nn.compact
+    def __call__(self, features: dict[str, jax.Array], masks: jax.Array | None = None):
+        """Pools `features[feature_key]` `[B, h, w, C]` -> `[B, R, C]` (`R = 1` without masks)."""
+        if masks is None:
+            return heads.MeanPool(self.feature_key)(features)
+        return heads.MaskPool(self.feature_key)(features, masks)
+
+
 class _DetConMasks:
     """Mixin: turns a batch's `mask1`/`mask2` into sampled ids and feature-grid masks."""
 
@@ -92,8 +111,8 @@ class DetConB(_DetConMasks, TwoTowerMethod):
 
     def build_networks(self):
         return {
-            "online": build_network(self.config, pool=heads.MaskPool(), predictor=True),
-            "target": build_network(self.config, pool=heads.MaskPool(), predictor=False),
+            "online": build_network(self.config, pool=DetConPool(), predictor=True),
+            "target": build_network(self.config, pool=DetConPool(), predictor=False),
         }
 
     def loss(self, nets, batch, rng, step):
@@ -122,7 +141,7 @@ class DetConS(_DetConMasks, Method):
         return default_detcon_kwargs()
 
     def build_networks(self):
-        return {"online": build_network(self.config, pool=heads.MaskPool(), predictor=False)}
+        return {"online": build_network(self.config, pool=DetConPool(), predictor=False)}
 
     def loss(self, nets, batch, rng, step):
         del step
