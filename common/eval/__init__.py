@@ -3,15 +3,37 @@
 An evaluator is a class registered with `@register_evaluator(name)`; `config.evals` lists the ones a
 run uses, each with its own options: `config.evals.<name> = ConfigDict(...)`. It is constructed
 as `Evaluator(config, eval_config)` and called as `evaluator.run(setup, state, mesh=mesh)`, which
-returns `dict[str, float]`.
+returns `dict[str, float]`. Before `run`, `run_evaluators` sets `evaluator.workdir` (None when
+the caller has no workdir), where evaluators that draw pictures write them.
+
+Evaluators (`_KNOWN_MODULES`, imported on first use):
+  monitor       top-1 of the online linear monitor trained during pretraining
+  discovery     object discovery: k-means of frozen dense features, ABO^i / ABO^c / OR
+  seg_probe     linear (1x1 conv) segmentation probe on frozen dense features, mIoU
+  linear_probe  linear classifier on frozen pooled features (BYOL protocol, cheap variant)
+  knn           weighted k-nearest-neighbour classifier on frozen pooled features (DINO)
+
+Multi-host: evaluation batches become global arrays on the mesh (`features.to_global`) and every
+result leaves the device as a replicated jitted reduction, so an evaluator runs unchanged on one
+host or many.
 """
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import ml_collections
 
 _EVALUATORS: dict[str, type] = {}
-_KNOWN_MODULES = {"monitor": "common.eval.monitor"}
+_KNOWN_MODULES = {
+    "monitor": "common.eval.monitor",
+    "discovery": "common.eval.discovery",
+    "seg_probe": "common.eval.seg_probe",
+    "linear_probe": "common.eval.linear_probe",
+    "knn": "common.eval.knn",
+}
 
 
 def register_evaluator(name: str):
@@ -33,11 +55,58 @@ def get_evaluator(name: str) -> type:
     return _EVALUATORS[name]
 
 
-def run_evaluators(setup, state, *, mesh) -> dict[str, float]:
-    """Runs every evaluator in `setup.config.evals`; results are prefixed with its name."""
+def evaluator_config(name: str, **overrides) -> ml_collections.ConfigDict:
+    """Every option of evaluator `name` with its default, updated by `overrides`.
+
+    Experiment configs use it so that each option exists in the (locked) config and can be set
+    from the command line: `--config.evals.discovery.num_clusters=16`.
+    """
+    cls = get_evaluator(name)
+    defaults = getattr(cls, "defaults", None)
+    options = dict(defaults) if defaults is not None else {}
+    unknown = set(overrides) - set(options) if defaults is not None else set()
+    if unknown:
+        raise ValueError(f"evaluator {name!r}: unknown option(s) {sorted(unknown)}")
+    options.update(overrides)
+    return ml_collections.ConfigDict(options)
+
+
+class Evaluator:
+    """Base class of option-driven evaluators: `defaults` lists every option and its default;
+    `self.options` holds them merged with `config.evals.<name>` (unknown options are an error,
+    so a typo does not silently fall back to a default)."""
+
+    name: ClassVar[str] = ""
+    defaults: ClassVar[Mapping[str, Any]] = {}
+
+    def __init__(self, config: ml_collections.ConfigDict, eval_config: Mapping | None = None):
+        self.config = config
+        given = eval_config or {}
+        given = given.to_dict() if hasattr(given, "to_dict") else dict(given)
+        unknown = set(given) - set(self.defaults)
+        if unknown:
+            raise ValueError(
+                f"config.evals.{self.name}: unknown option(s) {sorted(unknown)}; "
+                f"valid: {sorted(self.defaults)}"
+            )
+        self.options = ml_collections.ConfigDict({**self.defaults, **given})
+        self.workdir: str | None = None
+
+    def run(self, setup, state, *, mesh) -> dict[str, float]:
+        raise NotImplementedError
+
+
+def run_evaluators(
+    setup, state, *, mesh, workdir: str | None = None, names: Sequence[str] | None = None
+) -> dict[str, float]:
+    """Runs the evaluators of `setup.config.evals` (or `names`, with their configured options
+    or their defaults); results are prefixed with the evaluator's name."""
+    configured = setup.config.get("evals", {}) or {}
+    names = list(configured) if names is None else list(names)
     results: dict[str, float] = {}
-    for name, eval_config in setup.config.get("evals", {}).items():
-        evaluator = get_evaluator(name)(setup.config, eval_config)
+    for name in names:
+        evaluator = get_evaluator(name)(setup.config, configured.get(name, {}))
+        evaluator.workdir = workdir
         for key, value in evaluator.run(setup, state, mesh=mesh).items():
             results[f"{name}/{key}"] = float(value)
     return results

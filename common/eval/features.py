@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -33,6 +34,29 @@ def apply_frozen(module, variables, images: jax.Array) -> dict:
     return out
 
 
+def frozen_dense(module, variables, images: jax.Array, layer: str = "out") -> jax.Array:
+    """`images [B,S,S,3] in [0,1]` -> float32 dense map `[B,h,w,C]` of `layer` in inference mode:
+    `out`/`dense` (the network's dense output) or a backbone stage (`stage3`, ...). Call inside
+    jit."""
+    out = module.apply(variables, augment.normalize(images), train=False)
+    if layer in ("out", "dense"):
+        return out["dense"].astype(jnp.float32)
+    stages = out.get("features", {})
+    if layer not in stages:
+        raise ValueError(f"feature layer {layer!r} unknown; available: dense, {sorted(stages)}")
+    return stages[layer].astype(jnp.float32)
+
+
+def frozen_vector(module, variables, images: jax.Array, key: str = "embedding") -> jax.Array:
+    """`images [B,S,S,3] in [0,1]` -> float32 `[B,C]`: the network output `key` in inference mode
+    (`embedding`: spatial mean of the dense map; `pooled`/`projection`: their first region)."""
+    out = module.apply(variables, augment.normalize(images), train=False)
+    if key not in out:
+        raise ValueError(f"feature {key!r} unknown; available: {sorted(out)}")
+    x = out[key].astype(jnp.float32)
+    return x[:, 0] if x.ndim == 3 else x
+
+
 def to_global(batch: Mapping[str, np.ndarray], mesh) -> dict[str, jax.Array]:
     """This process's rows -> global arrays sharded on `data` (`_valid` included)."""
     sharding = NamedSharding(mesh, P("data"))
@@ -47,12 +71,68 @@ def to_global(batch: Mapping[str, np.ndarray], mesh) -> dict[str, jax.Array]:
 
 def eval_batches(config, split: str, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
     """Padded evaluation batches of `split` for this process (`batch_size` is global)."""
+    return data_batches(config.data, split, batch_size)
+
+
+def data_batches(data_config, split: str, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+    """`eval_batches` of any data config (e.g. another dataset than the pretraining one)."""
     from common.data import pipeline
 
     return pipeline.make_eval_iterator(
-        config.data,
+        data_config,
         split,
         batch_size=batch_size,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )
+
+
+class FeatureBatches:
+    """Frozen features of one pass over a split, as global arrays: computed on the first pass and
+    kept on device (`cache=True`), or recomputed on every pass (large datasets).
+
+    Each item is the dict `extract(variables, batch)` returns (global arrays, sharded like the
+    batch), e.g. features with their labels and `_valid`. Every process iterates the same number
+    of batches in the same order, so jitted steps over the items stay in lockstep across hosts.
+    """
+
+    def __init__(self, host_batches, extract, variables, mesh, *, keys, cache: bool = True):
+        """Args:
+        host_batches: a callable returning a fresh iterator of host batches (numpy dicts).
+        extract: jitted `(variables, global batch) -> dict of arrays`.
+        variables: the frozen network's variables.
+        mesh: the mesh the batches are put on.
+        keys: the host batch keys `extract` reads.
+        cache: keep the extracted items after the first pass.
+        """
+        self._host_batches = host_batches
+        self._extract = extract
+        self._variables = variables
+        self._mesh = mesh
+        self._keys = keys
+        self._cache_enabled = cache
+        self._cache: list[dict] | None = None
+
+    def __iter__(self):
+        if self._cache is not None:
+            yield from self._cache
+            return
+        items = []
+        for host in self._host_batches():
+            batch = to_global({k: host[k] for k in self._keys if k in host}, self._mesh)
+            item = self._extract(self._variables, batch)
+            if self._cache_enabled:
+                items.append(item)
+            yield item
+        if self._cache_enabled:
+            self._cache = items
+
+    def epoch(self, seed: int):
+        """The items in a random batch order when cached (the same on every host), else in
+        reading order."""
+        if self._cache is None:
+            yield from self
+            return
+        order = np.random.default_rng(seed).permutation(len(self._cache))
+        for i in order:
+            yield self._cache[i]
