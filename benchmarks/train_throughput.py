@@ -41,7 +41,7 @@ def byol_local_images_per_s(steps: int) -> tuple[float, float]:
 
     config = byol.get_config("local")
     setup = train.build(config, num_examples=20_000)
-    state = train.init_state(setup, train.init_rng(0))
+    state = jax.jit(functools.partial(train.init_state, setup))(train.init_rng(0))
     s, b = config.data.image_size, config.batch_size
     rng = np.random.default_rng(0)
     batch = {

@@ -77,7 +77,7 @@ def test_step_on_8_devices_equals_1_device(experiment, tmp_path):
 def test_step_updates_only_online_by_gradient_and_target_by_ema(tmp_path):
     config = helpers.tiny_config("byol", str(tmp_path))
     setup = train.build(config, num_examples=256)
-    state = train.init_state(setup, train.init_rng(0))
+    state = jax.jit(functools.partial(train.init_state, setup))(train.init_rng(0))
     batch = {k: jnp.asarray(v) for k, v in _random_batch(config, 8).items()}
     new, metrics = jax.jit(functools.partial(train.train_step, setup))(state, batch)
     tau = float(metrics["tau_target"])
