@@ -94,6 +94,12 @@ class _DetConMasks:
             )
         return out
 
+    def save_pictures(self, nets, batch, rng, path):
+        """Views, id maps on the feature grid, sampled ids and features (`detcon.pictures`)."""
+        from detcon import pictures  # PIL only where pictures are drawn
+
+        return pictures.save(self, nets, batch, rng, path)
+
     def init_args(self, network, batch):
         del network
         b, s = batch["view1"].shape[:2]
