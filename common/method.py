@@ -37,6 +37,7 @@ _KNOWN_MODULES = {
     "byol": "baselines.byol",
     "simclr": "baselines.simclr",
     "moclr": "baselines.moclr",
+    "supervised": "baselines.supervised",
     "detcon_b": "detcon.method",
     "detcon_s": "detcon.method",
     "odin": "odin.method",

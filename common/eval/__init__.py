@@ -103,10 +103,15 @@ def run_evaluators(
     or their defaults); results are prefixed with the evaluator's name."""
     configured = setup.config.get("evals", {}) or {}
     names = list(configured) if names is None else list(names)
+    from common.eval import features
+
     results: dict[str, float] = {}
-    for name in names:
-        evaluator = get_evaluator(name)(setup.config, configured.get(name, {}))
-        evaluator.workdir = workdir
-        for key, value in evaluator.run(setup, state, mesh=mesh).items():
-            results[f"{name}/{key}"] = float(value)
+    try:
+        for name in names:
+            evaluator = get_evaluator(name)(setup.config, configured.get(name, {}))
+            evaluator.workdir = workdir
+            for key, value in evaluator.run(setup, state, mesh=mesh).items():
+                results[f"{name}/{key}"] = float(value)
+    finally:
+        features.clear_shared()  # features shared within the round leave the devices
     return results

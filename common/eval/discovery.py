@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -43,7 +45,7 @@ from jax.sharding import PartitionSpec as P
 
 from common import kmeans
 from common.eval import Evaluator, overlap, register_evaluator
-from common.eval.features import frozen_dense, network_variables, to_global
+from common.eval.features import extract_dense, network_variables, to_global
 
 
 def eval_data_config(config, options):
@@ -61,6 +63,61 @@ def eval_image_size(config, options) -> int:
     return int(
         options.get("image_size") or config.data.get("eval_image_size") or config.data.image_size
     )
+
+
+class _Settings(NamedTuple):
+    """The static part of `_score` (hashable: one compilation per setting and batch shape)."""
+
+    num_segments: int
+    max_id: int
+    kmeans: bool
+    num_iters: int
+    init: str
+    distance: str
+
+
+@functools.cache
+def _scorer(mesh) -> Callable:
+    """`_score` jitted with replicated outputs on `mesh`: every host reads the same sums (no host
+    copy of a sharded array). Cached, so evaluation rounds reuse the compiled function."""
+    return jax.jit(_score, static_argnums=(0, 1), out_shardings=NamedSharding(mesh, P()))
+
+
+def _score(settings: _Settings, num_pictures: int, dense, batch, rng) -> dict:
+    """Sums of best overlaps of one batch, and the first `num_pictures` rows of the segments and
+    best matches for the picture.
+
+    Args:
+      settings: static options.
+      num_pictures: rows returned for the picture (static; 0 = none).
+      dense: `[B, h, w, C]` frozen features (k-means), or None (scores `batch['segments']`).
+      batch: global batch: `instance_mask` (and `class_mask`, `segments`) `[B, H, W]`,
+        `mask_hw` `[B, 2]`, `_valid` `[B]`.
+      rng: k-means key.
+    """
+    if settings.kmeans:
+        clusters, _ = kmeans.kmeans_dense(
+            rng, dense, settings.num_segments, num_iters=settings.num_iters,
+            init=settings.init, distance=settings.distance,
+        )  # fmt: skip
+        canvas = batch["instance_mask"].shape[1:3]
+        segments = overlap.resize_ids_nearest(clusters, canvas, batch["mask_hw"])
+    else:
+        segments = batch["segments"]
+    out = {}
+    for kind in ("instance_mask", "class_mask"):
+        if kind in batch:
+            best = overlap.best_overlaps(
+                segments, batch[kind], num_segments=settings.num_segments, max_id=settings.max_id
+            )
+            out[kind] = overlap.discovery_sums(best, batch["_valid"])
+            if kind == "instance_mask" and num_pictures:
+                out["pictures"] = {
+                    "segments": segments[:num_pictures],
+                    "segment": best.segment[:num_pictures],
+                    "iou": best.iou[:num_pictures],
+                }
+    return out
 
 
 @register_evaluator("discovery")
@@ -98,37 +155,7 @@ class DiscoveryEvaluator(Evaluator):
     def run(self, setup, state, *, mesh) -> dict[str, float]:
         o = self.options
         use_kmeans = o.segments == "kmeans"
-        num_segments = int(o.num_clusters) if use_kmeans else int(o.max_segments)
         module = setup.modules[o.network]
-        replicated = NamedSharding(mesh, P())
-
-        @functools.partial(jax.jit, static_argnums=(3, 4), out_shardings=replicated)
-        def evaluate(variables, batch, rng, canvas, num_pictures):
-            if use_kmeans:
-                dense = frozen_dense(module, variables, batch["image"], o.layer)
-                clusters, _ = kmeans.kmeans_dense(
-                    rng, dense, num_segments, num_iters=int(o.num_iters), init=o.init,
-                    distance=o.distance,
-                )  # fmt: skip
-                segments = overlap.resize_ids_nearest(clusters, canvas, batch["mask_hw"])
-            else:
-                segments = batch["segments"]
-            valid = batch["_valid"]
-            out = {}
-            for kind in ("instance_mask", "class_mask"):
-                if kind in batch:
-                    best = overlap.best_overlaps(
-                        segments, batch[kind], num_segments=num_segments, max_id=int(o.max_id)
-                    )
-                    out[kind] = overlap.discovery_sums(best, valid)
-                    if kind == "instance_mask":
-                        out["pictures"] = {
-                            "segments": segments[:num_pictures],
-                            "segment": best.segment[:num_pictures],
-                            "iou": best.iou[:num_pictures],
-                        }
-            return out
-
         variables = network_variables(state, o.network)
         data = eval_data_config(self.config, o)
         from common.eval import dense_data
@@ -141,16 +168,29 @@ class DiscoveryEvaluator(Evaluator):
             process_index=jax.process_index(), process_count=jax.process_count(),
         )  # fmt: skip
         draw = bool(o.pictures) and self.workdir is not None and int(o.num_pictures) > 0
+        settings = _Settings(
+            num_segments=int(o.num_clusters) if use_kmeans else int(o.max_segments),
+            max_id=int(o.max_id),
+            kmeans=use_kmeans,
+            num_iters=int(o.num_iters),
+            init=o.init,
+            distance=o.distance,
+        )
+        score = _scorer(mesh)
         totals, first = {}, None
         for i, host in enumerate(batches):
-            keep = [k for k in host if k not in ("label",)]
-            batch = to_global({k: host[k] for k in keep}, mesh)
+            keys = ("image", "instance_mask", "class_mask", "segments", "mask_hw", "_valid")
+            batch = to_global({k: host[k] for k in keys if k in host}, mesh)
+            dense = (
+                extract_dense(module, o.layer, variables, batch.pop("image"))
+                if use_kmeans
+                else None
+            )
             n = min(int(o.num_pictures), len(host["_valid"])) if draw and i == 0 else 0
-            rng = jax.random.fold_in(jax.random.PRNGKey(int(o.seed)), i)
-            canvas = tuple(host["instance_mask"].shape[1:3])
-            out = evaluate(variables, batch, rng, canvas, n)
+            rng = jax.random.fold_in(jax.random.key(int(o.seed), impl="rbg"), i)
+            out = score(settings, n, dense, batch, rng)
             if n:
-                first = (host, jax.device_get(out["pictures"]))
+                first = (host, jax.device_get(out.pop("pictures")))
             for kind in ("instance_mask", "class_mask"):
                 if kind in out:
                     totals[kind] = totals.get(kind, 0.0) + out[kind]

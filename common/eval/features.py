@@ -7,7 +7,9 @@ leaves the device as a replicated scalar, never as a host copy of a sharded arra
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import functools
+import weakref
+from collections.abc import Callable, Iterator, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -32,6 +34,19 @@ def apply_frozen(module, variables, images: jax.Array) -> dict:
     out = module.apply(variables, augment.normalize(images), train=False)
     out.pop("features", None)
     return out
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def extract_dense(module, layer: str, variables, images: jax.Array) -> jax.Array:
+    """Jitted `frozen_dense`, compiled once per (network, layer, batch shape) and shared by every
+    evaluator and evaluation round (Linen modules hash by value)."""
+    return frozen_dense(module, variables, images, layer)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def extract_vector(module, key: str, variables, images: jax.Array) -> jax.Array:
+    """Jitted `frozen_vector`, shared like `extract_dense`."""
+    return frozen_vector(module, variables, images, key)
 
 
 def frozen_dense(module, variables, images: jax.Array, layer: str = "out") -> jax.Array:
@@ -85,6 +100,29 @@ def data_batches(data_config, split: str, batch_size: int) -> Iterator[dict[str,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )
+
+
+# Feature passes shared between the evaluators of one evaluation round (the linear probe and the
+# kNN read the same pooled features): keyed by what determines the features, for one state.
+_SHARED: dict = {"state": None, "batches": {}}
+
+
+def shared_batches(state, key, make: Callable[[], FeatureBatches]) -> FeatureBatches:
+    """The `FeatureBatches` made by `make` for `key` and this `state`, made once per round.
+
+    Cleared by `clear_shared` (which `run_evaluators` calls when a round ends), so features do
+    not stay on device between rounds.
+    """
+    ref = _SHARED["state"]
+    if ref is None or ref() is not state:
+        _SHARED["state"], _SHARED["batches"] = weakref.ref(state), {}
+    if key not in _SHARED["batches"]:
+        _SHARED["batches"][key] = make()
+    return _SHARED["batches"][key]
+
+
+def clear_shared() -> None:
+    _SHARED["state"], _SHARED["batches"] = None, {}
 
 
 class FeatureBatches:

@@ -102,7 +102,7 @@ class KNNEvaluator(Evaluator):
             return jnp.stack([hits.sum(), valid.sum()])
 
         total = jnp.zeros(2, jnp.int32)
-        for item in pooled_feature_batches(self, setup, state, mesh, o.split, cache=False):
+        for item in pooled_feature_batches(self, setup, state, mesh, o.split):
             total = total + counts(bank, item)
         correct, count = (int(v) for v in np.asarray(jax.device_get(total)))
         return {"top1": correct / max(count, 1), "num_examples": count}

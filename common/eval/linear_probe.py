@@ -20,6 +20,7 @@ whose feature scales differ by orders of magnitude (a random init and a trained 
 from __future__ import annotations
 
 import functools
+import json
 
 import jax
 import jax.numpy as jnp
@@ -30,27 +31,36 @@ from jax.sharding import PartitionSpec as P
 
 from common.eval import Evaluator, register_evaluator
 from common.eval.discovery import eval_data_config
-from common.eval.features import FeatureBatches, data_batches, frozen_vector, network_variables
+from common.eval.features import (
+    FeatureBatches,
+    data_batches,
+    extract_vector,
+    network_variables,
+    shared_batches,
+)
 
 
-def pooled_feature_batches(
-    evaluator: Evaluator, setup, state, mesh, split: str, *, cache: bool = True
-) -> FeatureBatches:
-    """Frozen `feature` vectors `x` `[b, C]` of a split with `label` and `_valid`."""
+def pooled_feature_batches(evaluator: Evaluator, setup, state, mesh, split: str) -> FeatureBatches:
+    """Frozen `feature` vectors `x` `[b, C]` of a split with `label` and `_valid`, computed once
+    per evaluation round and shared (the linear probe and the kNN read the same ones)."""
     o = evaluator.options
     module = setup.modules[o.network]
     data = eval_data_config(evaluator.config, o)
+    batch_size = int(o.batch_size)
 
-    @jax.jit
     def extract(variables, batch):
-        x = frozen_vector(module, variables, batch["image"], o.feature)
+        x = extract_vector(module, o.feature, variables, batch["image"])
         return {"x": x, "label": batch["label"], "_valid": batch["_valid"]}
 
-    return FeatureBatches(
-        lambda: data_batches(data, split, int(o.batch_size)),
-        extract, network_variables(state, o.network), mesh,
-        keys=("image", "label", "_valid"), cache=cache,
-    )  # fmt: skip
+    def make():
+        return FeatureBatches(
+            lambda: data_batches(data, split, batch_size),
+            extract, network_variables(state, o.network), mesh,
+            keys=("image", "label", "_valid"),
+        )  # fmt: skip
+
+    key = ("pooled", o.network, o.feature, json.dumps(data, sort_keys=True), split, batch_size)
+    return shared_batches(state, key, make)
 
 
 def moments(batches, mesh, axes: tuple[int, ...] = (0,)) -> tuple[jax.Array, jax.Array]:
@@ -99,7 +109,7 @@ class LinearProbeEvaluator(Evaluator):
         o = self.options
         num_classes = int(o.num_classes or self.config.num_classes)
         train = pooled_feature_batches(self, setup, state, mesh, o.train_split)
-        val = pooled_feature_batches(self, setup, state, mesh, o.split, cache=False)
+        val = pooled_feature_batches(self, setup, state, mesh, o.split)
         num_batches = sum(1 for _ in train)  # the first pass extracts and caches
         mean, std = moments(train, mesh) if o.standardize else (0.0, 1.0)
         params, top1_train = train_linear(

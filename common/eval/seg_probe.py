@@ -32,7 +32,7 @@ from jax.sharding import PartitionSpec as P
 
 from common.eval import Evaluator, overlap, register_evaluator
 from common.eval.discovery import eval_data_config, eval_image_size
-from common.eval.features import FeatureBatches, frozen_dense, network_variables
+from common.eval.features import FeatureBatches, extract_dense, network_variables
 from common.eval.linear_probe import moments
 
 
@@ -139,9 +139,8 @@ class SegProbeEvaluator(Evaluator):
         data = eval_data_config(self.config, o)
         size = eval_image_size(self.config, o)
 
-        @jax.jit
         def extract(variables, batch):
-            x = frozen_dense(module, variables, batch["image"], o.layer)
+            x = extract_dense(module, o.layer, variables, batch["image"])
             return {
                 "x": x,
                 "labels": batch["class_mask"],

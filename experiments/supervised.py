@@ -1,0 +1,20 @@
+"""Supervised pretraining (cross-entropy on the image label), the reference row of METHODS.md §9.
+
+Local run (the embedded synthetic_scenes, majority-class labels; about a minute on 2 CPU cores):
+    python -m common.train --config experiments/supervised.py:local --workdir workdirs/sup_local
+ImageNet (ResNet-50, 90 epochs, LARS; an untuned [DEFAULT] recipe, not a paper's):
+    python -m common.train --config experiments/supervised.py:imagenet --workdir ...
+"""
+
+from experiments.base import base_config, parse_arg
+
+
+def get_config(arg: str | None = None):
+    args = parse_arg(arg, variant="local", epochs=90)
+    config = base_config("supervised", args.variant)
+    config.augment.view1 = "byol_view1"
+    if args.variant == "imagenet":
+        config.num_epochs = args.epochs
+        config.optimizer.weight_decay = 1e-4
+    config.lock()
+    return config
