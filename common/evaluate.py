@@ -57,7 +57,16 @@ def restore_state(
             step = ckpt.latest_step()
         elif step not in steps:
             raise NoCheckpointError(f"no checkpoint of step {step} in {ckpt_dir}; it has {steps}")
-        state = ckpt.restore(step, abstract, signature)
+        try:
+            state = ckpt.restore(step, abstract, signature)
+        except checkpoint.CheckpointMismatchError:
+            raise
+        except ValueError as e:  # same model, other train-state layout (e.g. the optimiser)
+            raise checkpoint.CheckpointMismatchError(
+                f"{ckpt_dir} step {step}: the checkpoint's train state differs from the one "
+                f"this config builds ({str(e).splitlines()[0]}); evaluate with the config the "
+                f"run was trained with (saved in {os.path.join(workdir, 'config.json')})"
+            ) from e
     finally:
         ckpt.close()
     return setup, state, mesh

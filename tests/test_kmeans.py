@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -49,8 +51,8 @@ def test_recovers_well_separated_clusters(distance):
 def test_random_init_seeds_distinct_points():
     # K = N: distinct seeds make every point its own cluster (random init can put two seeds in
     # one blob of well-separated data, so it is not expected to recover blobs every time).
-    x = jax.random.normal(jax.random.PRNGKey(0), (3, 12, 8))
-    result = km.kmeans(jax.random.PRNGKey(1), x, 12, init="random", num_iters=0)
+    x = np.random.default_rng(0).normal(size=(3, 12, 8)).astype(np.float32)
+    result = jax.jit(lambda x: km.kmeans(jax.random.PRNGKey(1), x, 12, init="random"))(x)
     np.testing.assert_array_equal(np.asarray(result.counts), 1)
 
 
@@ -70,7 +72,7 @@ def test_kmeans_pp_seeds_distinct_points_and_handles_few_points():
     x[:, 6:, 2] = 1.0
     x[:, :3, 0] = 1.0
     for init in km.INITS:
-        result = km.kmeans(jax.random.PRNGKey(0), jnp.asarray(x), 5, init=init)
+        result = jax.jit(lambda x, i=init: km.kmeans(jax.random.PRNGKey(0), x, 5, init=i))(x)
         counts = np.sort(np.asarray(result.counts), axis=-1)
         np.testing.assert_array_equal(counts, [[0, 0, 3, 3, 3]] * 2)
 
@@ -80,10 +82,8 @@ def test_invalid_points_do_not_move_centroids():
     far = np.full((3, 5, 16), 50.0, np.float32)  # outliers, marked invalid
     xs = np.concatenate([x, far], axis=1)
     valid = np.concatenate([np.ones((3, 45), bool), np.zeros((3, 5), bool)], axis=1)
-    result = km.kmeans(
-        jax.random.PRNGKey(0), jnp.asarray(xs), 3, distance="euclidean", normalize=False,
-        valid=jnp.asarray(valid),
-    )  # fmt: skip
+    fn = functools.partial(km.kmeans, num_clusters=3, distance="euclidean", normalize=False)
+    result = jax.jit(fn)(jax.random.PRNGKey(0), jnp.asarray(xs), valid=jnp.asarray(valid))
     assign = np.asarray(result.assignments)
     for i in range(3):
         assert _same_partition(assign[i, :45], labels[i])
@@ -91,7 +91,7 @@ def test_invalid_points_do_not_move_centroids():
 
 
 def test_dense_wrapper_shapes():
-    dense = jax.random.normal(jax.random.PRNGKey(0), (2, 4, 5, 8))
+    dense = np.random.default_rng(0).normal(size=(2, 4, 5, 8)).astype(np.float32)
     ids, result = jax.jit(lambda d: km.kmeans_dense(jax.random.PRNGKey(1), d, 3))(dense)
     assert ids.shape == (2, 4, 5) and result.centroids.shape == (2, 3, 8)
     assert int(ids.min()) >= 0 and int(ids.max()) < 3

@@ -59,6 +59,21 @@ def eval_data_config(config, options):
     return data
 
 
+def limit_split(data_config, split: str, max_examples: int) -> str:
+    """`split` cut to its first `max_examples` examples (`train` -> `train[:5000]`), or all of it
+    when it is smaller, so one config serves datasets of any size; 0 or a split that already
+    has a slice: unchanged."""
+    if not max_examples or "[" in split:
+        return split
+    import ml_collections
+
+    from common.data import loading
+
+    builder = loading.get_builder(ml_collections.ConfigDict(dict(data_config)))
+    size = builder.info.splits[split].num_examples
+    return split if size <= max_examples else f"{split}[:{int(max_examples)}]"
+
+
 def eval_image_size(config, options) -> int:
     return int(
         options.get("image_size") or config.data.get("eval_image_size") or config.data.image_size

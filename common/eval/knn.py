@@ -22,6 +22,7 @@ from jax.sharding import PartitionSpec as P
 
 from common import kmeans
 from common.eval import Evaluator, register_evaluator
+from common.eval.discovery import eval_data_config, limit_split
 from common.eval.linear_probe import pooled_feature_batches
 
 
@@ -65,6 +66,7 @@ class KNNEvaluator(Evaluator):
         "dataset": "",  # TFDS name; empty: config.data.name
         "data_dir": "",
         "train_split": "train",
+        "train_examples": 0,  # > 0: only the first ones of train_split (all if it is smaller)
         "split": "validation",
         "batch_size": 256,  # global
         "network": "online",
@@ -77,7 +79,9 @@ class KNNEvaluator(Evaluator):
     def run(self, setup, state, *, mesh) -> dict[str, float]:
         o = self.options
         num_classes = int(o.num_classes or self.config.num_classes)
-        train = pooled_feature_batches(self, setup, state, mesh, o.train_split)
+        data = eval_data_config(self.config, o)
+        train_split = limit_split(data, o.train_split, int(o.train_examples))
+        train = pooled_feature_batches(self, setup, state, mesh, train_split)
         items = list(train)
         sharded = NamedSharding(mesh, P("data"))
 

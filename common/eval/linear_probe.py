@@ -30,7 +30,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from common.eval import Evaluator, register_evaluator
-from common.eval.discovery import eval_data_config
+from common.eval.discovery import eval_data_config, limit_split
 from common.eval.features import (
     FeatureBatches,
     data_batches,
@@ -92,6 +92,7 @@ class LinearProbeEvaluator(Evaluator):
         "dataset": "",  # TFDS name; empty: config.data.name
         "data_dir": "",
         "train_split": "train",
+        "train_examples": 0,  # > 0: only the first ones of train_split (all if it is smaller)
         "split": "validation",
         "batch_size": 256,  # global; also the probe's SGD batch
         "network": "online",
@@ -108,7 +109,9 @@ class LinearProbeEvaluator(Evaluator):
     def run(self, setup, state, *, mesh) -> dict[str, float]:
         o = self.options
         num_classes = int(o.num_classes or self.config.num_classes)
-        train = pooled_feature_batches(self, setup, state, mesh, o.train_split)
+        data = eval_data_config(self.config, o)
+        train_split = limit_split(data, o.train_split, int(o.train_examples))
+        train = pooled_feature_batches(self, setup, state, mesh, train_split)
         val = pooled_feature_batches(self, setup, state, mesh, o.split)
         num_batches = sum(1 for _ in train)  # the first pass extracts and caches
         mean, std = moments(train, mesh) if o.standardize else (0.0, 1.0)

@@ -31,7 +31,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from common.eval import Evaluator, overlap, register_evaluator
-from common.eval.discovery import eval_data_config, eval_image_size
+from common.eval.discovery import eval_data_config, eval_image_size, limit_split
 from common.eval.features import FeatureBatches, extract_dense, network_variables
 from common.eval.linear_probe import moments
 
@@ -47,6 +47,7 @@ class SegProbeEvaluator(Evaluator):
         "dataset": "",  # TFDS name; empty: config.data.name
         "data_dir": "",
         "train_split": "train",
+        "train_examples": 0,  # > 0: only the first ones of train_split (all if it is smaller)
         "split": "validation",
         "batch_size": 64,  # global; also the probe's batch
         "image_size": 0,  # network input; 0: data.eval_image_size or data.image_size
@@ -66,7 +67,9 @@ class SegProbeEvaluator(Evaluator):
     def run(self, setup, state, *, mesh) -> dict[str, float]:
         o = self.options
         num_classes = int(o.num_classes or self.config.num_classes + 1)
-        train = self._batches(setup, state, mesh, o.train_split, cache=bool(o.cache_features))
+        data = eval_data_config(self.config, o)
+        train_split = limit_split(data, o.train_split, int(o.train_examples))
+        train = self._batches(setup, state, mesh, train_split, cache=bool(o.cache_features))
         num_batches = sum(1 for _ in train)
         mean, std = moments(train, mesh, axes=(0, 1, 2)) if o.standardize else (0.0, 1.0)
         steps = int(o.epochs) * num_batches
