@@ -41,7 +41,9 @@ setuptools.setup(
         "and video self-supervised pretraining from a laptop CPU to a TPU pod."
     ),
     python_requires=">=3.11",
-    packages=setuptools.find_packages(include=["common*", "baselines*", "detcon*", "odin*", "vito*", "experiments*"]),
+    packages=setuptools.find_packages(
+        include=["common*", "baselines*", "detcon*", "odin*", "vito*", "experiments*"]
+    ),
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
     license="Apache-2.0",
