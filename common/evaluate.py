@@ -16,7 +16,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import time
 
 import jax
 import ml_collections
@@ -87,14 +86,10 @@ def evaluate(
     names = list(evals) if evals else list(config.get("evals", {}) or {})
     for name in names:
         get_evaluator(name)  # unknown names fail before any work
-    results: dict[str, float] = {}
-    timings: dict[str, float] = {}
     from common.eval import run_evaluators
 
-    for name in names:
-        start = time.perf_counter()
-        results.update(run_evaluators(setup, state, mesh=mesh, workdir=workdir, names=[name]))
-        timings[name] = time.perf_counter() - start
+    timings: dict[str, float] = {}
+    results = run_evaluators(setup, state, mesh=mesh, workdir=workdir, names=names, timings=timings)
     if jax.process_index() == 0:
         path = os.path.join(workdir, f"eval_{step}.json")
         with open(path, "w") as f:

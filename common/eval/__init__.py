@@ -21,6 +21,7 @@ host or many.
 from __future__ import annotations
 
 import importlib
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -97,10 +98,17 @@ class Evaluator:
 
 
 def run_evaluators(
-    setup, state, *, mesh, workdir: str | None = None, names: Sequence[str] | None = None
+    setup,
+    state,
+    *,
+    mesh,
+    workdir: str | None = None,
+    names: Sequence[str] | None = None,
+    timings: dict[str, float] | None = None,
 ) -> dict[str, float]:
     """Runs the evaluators of `setup.config.evals` (or `names`, with their configured options
-    or their defaults); results are prefixed with the evaluator's name."""
+    or their defaults) as one round; results are prefixed with the evaluator's name. `timings`,
+    if given, receives each evaluator's seconds."""
     configured = setup.config.get("evals", {}) or {}
     names = list(configured) if names is None else list(names)
     from common.eval import features
@@ -108,10 +116,13 @@ def run_evaluators(
     results: dict[str, float] = {}
     try:
         for name in names:
+            start = time.perf_counter()
             evaluator = get_evaluator(name)(setup.config, configured.get(name, {}))
             evaluator.workdir = workdir
             for key, value in evaluator.run(setup, state, mesh=mesh).items():
                 results[f"{name}/{key}"] = float(value)
+            if timings is not None:
+                timings[name] = time.perf_counter() - start
     finally:
         features.clear_shared()  # features shared within the round leave the devices
     return results

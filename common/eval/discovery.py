@@ -167,6 +167,9 @@ class DiscoveryEvaluator(Evaluator):
         "num_pictures": 8,
     }
 
+    # A `tf.data.Dataset` of examples to read instead of the TFDS split (benchmarks, tests).
+    source_dataset = None
+
     def run(self, setup, state, *, mesh) -> dict[str, float]:
         o = self.options
         use_kmeans = o.segments == "kmeans"
@@ -181,6 +184,7 @@ class DiscoveryEvaluator(Evaluator):
             max_mask_size=int(o.max_mask_size), max_segments=int(o.max_segments),
             num_thing_classes=int(o.num_thing_classes),
             process_index=jax.process_index(), process_count=jax.process_count(),
+            dataset=self.source_dataset,
         )  # fmt: skip
         draw = bool(o.pictures) and self.workdir is not None and int(o.num_pictures) > 0
         settings = _Settings(

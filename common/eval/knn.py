@@ -23,7 +23,7 @@ from jax.sharding import PartitionSpec as P
 from common import kmeans
 from common.eval import Evaluator, register_evaluator
 from common.eval.discovery import eval_data_config, limit_split
-from common.eval.linear_probe import pooled_feature_batches
+from common.eval.linear_probe import probe_batches
 
 
 def knn_votes(
@@ -81,7 +81,7 @@ class KNNEvaluator(Evaluator):
         num_classes = int(o.num_classes or self.config.num_classes)
         data = eval_data_config(self.config, o)
         train_split = limit_split(data, o.train_split, int(o.train_examples))
-        train = pooled_feature_batches(self, setup, state, mesh, train_split)
+        train = probe_batches(self, setup, state, mesh, train_split)
         items = list(train)
         sharded = NamedSharding(mesh, P("data"))
 
@@ -106,7 +106,7 @@ class KNNEvaluator(Evaluator):
             return jnp.stack([hits.sum(), valid.sum()])
 
         total = jnp.zeros(2, jnp.int32)
-        for item in pooled_feature_batches(self, setup, state, mesh, o.split):
+        for item in probe_batches(self, setup, state, mesh, o.split):
             total = total + counts(bank, item)
         correct, count = (int(v) for v in np.asarray(jax.device_get(total)))
         return {"top1": correct / max(count, 1), "num_examples": count}

@@ -40,27 +40,48 @@ from common.eval.features import (
 )
 
 
-def pooled_feature_batches(evaluator: Evaluator, setup, state, mesh, split: str) -> FeatureBatches:
-    """Frozen `feature` vectors `x` `[b, C]` of a split with `label` and `_valid`, computed once
-    per evaluation round and shared (the linear probe and the kNN read the same ones)."""
-    o = evaluator.options
-    module = setup.modules[o.network]
-    data = eval_data_config(evaluator.config, o)
-    batch_size = int(o.batch_size)
+def pooled_feature_batches(
+    setup, state, mesh, *, data, split: str, batch_size: int, network: str = "online",
+    feature: str = "embedding",
+) -> FeatureBatches:  # fmt: skip
+    """Frozen `feature` vectors `x` `[b, C]` of a split (`make_eval_iterator`: centre crops) with
+    `label` and `_valid`, computed once per evaluation round and shared by the evaluators that
+    ask for the same ones (monitor, linear probe, kNN).
+
+    Args:
+      setup: the run's `Setup` (networks).
+      state: the train state.
+      mesh: the evaluation mesh.
+      data: data config (dict) of the dataset to read.
+      split: TFDS split.
+      batch_size: global batch size (also the items' size).
+      network: which network of the state.
+      feature: which output of the network.
+    """
+    module = setup.modules[network]
 
     def extract(variables, batch):
-        x = extract_vector(module, o.feature, variables, batch["image"])
+        x = extract_vector(module, feature, variables, batch["image"])
         return {"x": x, "label": batch["label"], "_valid": batch["_valid"]}
 
     def make():
         return FeatureBatches(
             lambda: data_batches(data, split, batch_size),
-            extract, network_variables(state, o.network), mesh,
+            extract, network_variables(state, network), mesh,
             keys=("image", "label", "_valid"),
         )  # fmt: skip
 
-    key = ("pooled", o.network, o.feature, json.dumps(data, sort_keys=True), split, batch_size)
+    key = ("pooled", network, feature, json.dumps(data, sort_keys=True), split, batch_size)
     return shared_batches(state, key, make)
+
+
+def probe_batches(evaluator: Evaluator, setup, state, mesh, split: str) -> FeatureBatches:
+    """`pooled_feature_batches` with an evaluator's options."""
+    o = evaluator.options
+    return pooled_feature_batches(
+        setup, state, mesh, data=eval_data_config(evaluator.config, o), split=split,
+        batch_size=int(o.batch_size), network=o.network, feature=o.feature,
+    )  # fmt: skip
 
 
 def moments(batches, mesh, axes: tuple[int, ...] = (0,)) -> tuple[jax.Array, jax.Array]:
@@ -111,8 +132,8 @@ class LinearProbeEvaluator(Evaluator):
         num_classes = int(o.num_classes or self.config.num_classes)
         data = eval_data_config(self.config, o)
         train_split = limit_split(data, o.train_split, int(o.train_examples))
-        train = pooled_feature_batches(self, setup, state, mesh, train_split)
-        val = pooled_feature_batches(self, setup, state, mesh, o.split)
+        train = probe_batches(self, setup, state, mesh, train_split)
+        val = probe_batches(self, setup, state, mesh, o.split)
         num_batches = sum(1 for _ in train)  # the first pass extracts and caches
         mean, std = moments(train, mesh) if o.standardize else (0.0, 1.0)
         params, top1_train = train_linear(

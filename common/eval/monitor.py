@@ -10,7 +10,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from common.eval import register_evaluator
-from common.eval.features import apply_frozen, eval_batches, network_variables, to_global
+from common.eval.discovery import eval_data_config
+from common.eval.linear_probe import pooled_feature_batches
 
 
 @register_evaluator("monitor")
@@ -27,17 +28,20 @@ class MonitorEvaluator:
 
     def run(self, setup, state, *, mesh) -> dict[str, float]:
         @functools.partial(jax.jit, out_shardings=NamedSharding(mesh, P()))
-        def counts(variables, classifier, batch):
-            emb = apply_frozen(setup.modules["online"], variables, batch["image"])["embedding"]
-            logits = setup.classifier.apply({"params": classifier}, emb)
-            valid = batch["_valid"]
-            hits = (jnp.argmax(logits, -1) == batch["label"]) & valid
+        def counts(classifier, item):
+            logits = setup.classifier.apply({"params": classifier}, item["x"])
+            valid = item["_valid"]
+            hits = (jnp.argmax(logits, -1) == item["label"]) & valid
             return jnp.stack([hits.sum(), valid.sum()])
 
-        variables = network_variables(state, "online")
+        # The online embeddings of the split, shared with the linear probe and the kNN when they
+        # read the same split at the same batch size (one forward pass for the three).
+        batches = pooled_feature_batches(
+            setup, state, mesh, data=eval_data_config(self.config, {}), split=self.split,
+            batch_size=self.batch_size,
+        )  # fmt: skip
         total = jnp.zeros(2, jnp.int32)
-        for batch in eval_batches(self.config, self.split, self.batch_size):
-            batch = {k: batch[k] for k in ("image", "label", "_valid")}
-            total = total + counts(variables, state.params["classifier"], to_global(batch, mesh))
+        for item in batches:
+            total = total + counts(state.params["classifier"], item)
         correct, count = (int(x) for x in jax.device_get(total))
         return {"top1": correct / max(count, 1), "num_examples": float(count)}
