@@ -134,7 +134,25 @@ def base_config(method: str, variant: str) -> ml_collections.ConfigDict:
         c.optimizer.base_lr = 0.4
         c.ema.base_tau = 0.99
         c.checkpoint.every_steps = 50
-        c.evals = ml_collections.ConfigDict({"monitor": {"split": "validation", "batch_size": 128}})
+        from common.eval import evaluator_config
+
+        # Each evaluator with every option (overridable: --config.evals.knn.k=10); sized so
+        # that the whole final evaluation stays well under a minute on 2 CPU cores.
+        c.evals = ml_collections.ConfigDict(
+            {
+                "monitor": {"split": "validation", "batch_size": 128},
+                # At the embedded images' own 64 px: an 8 x 8 feature grid to cluster.
+                "discovery": evaluator_config("discovery", batch_size=128, image_size=64),
+                "seg_probe": evaluator_config(
+                    "seg_probe", train_examples=1000, split="validation[:1000]", epochs=5
+                ),
+                # Batch 128 as the monitor's: the three share one pass over the validation split.
+                "linear_probe": evaluator_config(
+                    "linear_probe", train_examples=3000, batch_size=128
+                ),
+                "knn": evaluator_config("knn", train_examples=3000, batch_size=128),
+            }
+        )
     else:
         raise ValueError(f"unknown config variant {variant!r}; use 'local' or 'imagenet'")
     return c
