@@ -144,7 +144,7 @@ def base_config(method: str, variant: str) -> ml_collections.ConfigDict:
                 # At the embedded images' own 64 px: an 8 x 8 feature grid to cluster.
                 "discovery": evaluator_config("discovery", batch_size=128, image_size=64),
                 "seg_probe": evaluator_config(
-                    "seg_probe", train_examples=1000, split="validation[:1000]", epochs=5
+                    "seg_probe", train_examples=1000, examples=1000, epochs=5
                 ),
                 # Batch 128 as the monitor's: the three share one pass over the validation split.
                 "linear_probe": evaluator_config(

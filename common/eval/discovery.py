@@ -148,6 +148,7 @@ class DiscoveryEvaluator(Evaluator):
         "dataset": "",  # TFDS name; empty: config.data.name
         "data_dir": "",  # empty: config.data.data_dir
         "split": "validation",
+        "examples": 0,  # > 0: only the first ones of split (all if it is smaller)
         "batch_size": 64,  # global
         "image_size": 0,  # network input; 0: data.eval_image_size or data.image_size
         "network": "online",
@@ -176,10 +177,13 @@ class DiscoveryEvaluator(Evaluator):
         module = setup.modules[o.network]
         variables = network_variables(state, o.network)
         data = eval_data_config(self.config, o)
+        split = (
+            o.split if self.source_dataset is not None else limit_split(data, o.split, o.examples)
+        )
         from common.eval import dense_data
 
         batches = dense_data.dense_label_batches(
-            data, o.split, batch_size=int(o.batch_size), image_size=eval_image_size(self.config, o),
+            data, split, batch_size=int(o.batch_size), image_size=eval_image_size(self.config, o),
             segments=None if use_kmeans else o.segments, fh_index=int(o.fh_index),
             max_mask_size=int(o.max_mask_size), max_segments=int(o.max_segments),
             num_thing_classes=int(o.num_thing_classes),

@@ -68,6 +68,7 @@ class KNNEvaluator(Evaluator):
         "train_split": "train",
         "train_examples": 0,  # > 0: only the first ones of train_split (all if it is smaller)
         "split": "validation",
+        "examples": 0,  # > 0: only the first ones of split (all if it is smaller)
         "batch_size": 256,  # global
         "network": "online",
         "feature": "embedding",
@@ -106,7 +107,8 @@ class KNNEvaluator(Evaluator):
             return jnp.stack([hits.sum(), valid.sum()])
 
         total = jnp.zeros(2, jnp.int32)
-        for item in probe_batches(self, setup, state, mesh, o.split):
+        split = limit_split(data, o.split, int(o.examples))
+        for item in probe_batches(self, setup, state, mesh, split):
             total = total + counts(bank, item)
         correct, count = (int(v) for v in np.asarray(jax.device_get(total)))
         return {"top1": correct / max(count, 1), "num_examples": count}

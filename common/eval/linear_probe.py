@@ -115,6 +115,7 @@ class LinearProbeEvaluator(Evaluator):
         "train_split": "train",
         "train_examples": 0,  # > 0: only the first ones of train_split (all if it is smaller)
         "split": "validation",
+        "examples": 0,  # > 0: only the first ones of split (all if it is smaller)
         "batch_size": 256,  # global; also the probe's SGD batch
         "network": "online",
         "feature": "embedding",  # network output: embedding (mean of the dense map), pooled
@@ -133,7 +134,8 @@ class LinearProbeEvaluator(Evaluator):
         data = eval_data_config(self.config, o)
         train_split = limit_split(data, o.train_split, int(o.train_examples))
         train = probe_batches(self, setup, state, mesh, train_split)
-        val = probe_batches(self, setup, state, mesh, o.split)
+        val_split = limit_split(data, o.split, int(o.examples))
+        val = probe_batches(self, setup, state, mesh, val_split)
         num_batches = sum(1 for _ in train)  # the first pass extracts and caches
         mean, std = moments(train, mesh) if o.standardize else (0.0, 1.0)
         params, top1_train = train_linear(

@@ -49,6 +49,7 @@ class SegProbeEvaluator(Evaluator):
         "train_split": "train",
         "train_examples": 0,  # > 0: only the first ones of train_split (all if it is smaller)
         "split": "validation",
+        "examples": 0,  # > 0: only the first ones of split (all if it is smaller)
         "batch_size": 64,  # global; also the probe's batch
         "image_size": 0,  # network input; 0: data.eval_image_size or data.image_size
         "network": "online",
@@ -126,7 +127,8 @@ class SegProbeEvaluator(Evaluator):
             )
 
         total = jnp.zeros((num_classes, num_classes), jnp.int32)
-        for item in self._batches(setup, state, mesh, o.split, cache=False):
+        val_split = limit_split(data, o.split, int(o.examples))
+        for item in self._batches(setup, state, mesh, val_split, cache=False):
             total = total + confusion(params, item)
         miou, acc, seen = overlap.mean_iou(np.asarray(jax.device_get(total)))
         return {
