@@ -500,3 +500,64 @@ def test_pictures_during_training_and_on_demand(learned_run):
     with Image.open(path) as image:
         assert image.format == "PNG" and image.size == size
         np.testing.assert_array_equal(np.asarray(image), written[150])
+
+
+# ---------------------------------------------------------------------------------------------
+# The loss's fast paths (common/losses.py): constant-shift log-sum-exp, shared keys (DetCon_S).
+
+
+@pytest.mark.parametrize("temperature", [0.1, 1.0, 0.02])  # 0.02: the logsumexp fallback
+def test_detcon_loss_fast_paths_match_reference(temperature):
+    from tests.test_losses import _random_case, ref_detcon
+
+    (p1, p2, t1, t2), (i1, i2) = _random_case(3, 4, 5, 8, 3, invalid_frac=0.25)
+    loss = functools.partial(losses.contrastive_detection_loss, temperature=temperature)
+    got = jax.jit(loss)(p1, p2, t1, t2, i1, i2)
+    want = ref_detcon(p1, p2, t1, t2, i1, i2, temperature)
+    np.testing.assert_allclose(float(got), want, rtol=2e-5, atol=1e-6)
+
+    # Shared keys (the same arrays as queries, as DetCon_S passes them) against the general
+    # path (copies, so not the same objects): equal values and gradients through both sides.
+    shared = jax.jit(jax.value_and_grad(lambda a, b: loss(a, b, a, b, i1, i2), argnums=(0, 1)))
+    general = jax.jit(
+        jax.value_and_grad(lambda a, b: loss(a, b, a + 0.0, b + 0.0, i1, i2), argnums=(0, 1))
+    )
+    (v_s, g_s), (v_g, g_g) = shared(p1, p2), general(p1, p2)
+    np.testing.assert_allclose(float(v_s), ref_detcon(p1, p2, p1, p2, i1, i2, temperature), 2e-5)
+    np.testing.assert_allclose(float(v_s), float(v_g), rtol=1e-6)
+    for a, b in zip(g_s, g_g):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+
+
+def test_detcon_loss_without_other_images_has_finite_gradients():
+    """B = 1: the other-image candidate set is empty (the shifted sum is 0, log is floored)."""
+    rng = np.random.default_rng(0)
+    p = [jnp.asarray(rng.normal(size=(1, 4, 8)), jnp.float32) for _ in range(2)]
+    ids = jnp.asarray([[0, 1, 1, 2]], jnp.int32)
+    for temperature in (0.1, 0.02):
+
+        def loss(a, b, temperature=temperature):
+            return losses.contrastive_detection_loss(a, b, a, b, ids, ids, temperature=temperature)
+
+        value, grads = jax.value_and_grad(loss, (0, 1))(*p)
+        assert np.isfinite(float(value)) and float(value) > 0
+        assert all(bool(jnp.all(jnp.isfinite(g))) for g in grads)
+
+
+def test_detcon_s_loss_sharded_equals_single_device():
+    """The shared-key path reduces one logits block over its sharded axis (the transposed
+    direction): 8 devices must give the 1-device value and gradients."""
+    from tests.test_losses import _random_case
+
+    (z1, z2, _, _), (i1, i2) = _random_case(11, 8, 4, 16, 5)
+    fn = jax.jit(
+        jax.value_and_grad(
+            lambda a, b, i, j: losses.contrastive_detection_loss(a, b, a, b, i, j), argnums=(0, 1)
+        )
+    )
+    want = jax.device_get(fn(*jax.device_put((z1, z2, i1, i2), jax.devices()[0])))
+    sharding = NamedSharding(Mesh(np.array(jax.devices()), ("data",)), P("data"))
+    got = jax.device_get(fn(*jax.device_put((z1, z2, i1, i2), sharding)))
+    np.testing.assert_allclose(float(got[0]), float(want[0]), rtol=1e-6)
+    for a, b in zip(got[1], want[1]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
