@@ -177,6 +177,16 @@ def test_panoptic_masks_things_stuff_crowd_unlabelled():
     np.testing.assert_array_equal(inst, np.zeros((3, 3)))
 
 
+def test_disabled_evaluators_are_left_out_of_a_round():
+    import types
+
+    import ml_collections
+
+    config = ml_collections.ConfigDict({"evals": {"knn": evaluator_config("knn", enabled=False)}})
+    setup = types.SimpleNamespace(config=config)
+    assert run_evaluators(setup, None, mesh=None) == {}  # would fail if it ran (no state)
+
+
 def test_unknown_option_fails_clearly():
     with pytest.raises(ValueError, match="num_cluster"):
         evaluator_config("discovery", num_cluster=4)

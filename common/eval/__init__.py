@@ -64,6 +64,8 @@ def evaluator_config(name: str, **overrides) -> ml_collections.ConfigDict:
     """
     cls = get_evaluator(name)
     defaults = getattr(cls, "defaults", None)
+    if defaults is not None:
+        defaults = {**getattr(cls, "common_defaults", {}), **defaults}
     options = dict(defaults) if defaults is not None else {}
     unknown = set(overrides) - set(options) if defaults is not None else set()
     if unknown:
@@ -79,18 +81,22 @@ class Evaluator:
 
     name: ClassVar[str] = ""
     defaults: ClassVar[Mapping[str, Any]] = {}
+    # Options every evaluator has: `enabled=False` leaves it out of the rounds of the trainer
+    # (e.g. `--config.evals.seg_probe.enabled=False`); naming it explicitly still runs it.
+    common_defaults: ClassVar[Mapping[str, Any]] = {"enabled": True}
 
     def __init__(self, config: ml_collections.ConfigDict, eval_config: Mapping | None = None):
         self.config = config
         given = eval_config or {}
         given = given.to_dict() if hasattr(given, "to_dict") else dict(given)
-        unknown = set(given) - set(self.defaults)
+        defaults = {**self.common_defaults, **self.defaults}
+        unknown = set(given) - set(defaults)
         if unknown:
             raise ValueError(
                 f"config.evals.{self.name}: unknown option(s) {sorted(unknown)}; "
-                f"valid: {sorted(self.defaults)}"
+                f"valid: {sorted(defaults)}"
             )
-        self.options = ml_collections.ConfigDict({**self.defaults, **given})
+        self.options = ml_collections.ConfigDict({**defaults, **given})
         self.workdir: str | None = None
 
     def run(self, setup, state, *, mesh) -> dict[str, float]:
@@ -106,11 +112,13 @@ def run_evaluators(
     names: Sequence[str] | None = None,
     timings: dict[str, float] | None = None,
 ) -> dict[str, float]:
-    """Runs the evaluators of `setup.config.evals` (or `names`, with their configured options
-    or their defaults) as one round; results are prefixed with the evaluator's name. `timings`,
-    if given, receives each evaluator's seconds."""
+    """Runs the evaluators of `setup.config.evals` (those not `enabled=False`), or `names` (with
+    their configured options or their defaults), as one round; results are prefixed with the
+    evaluator's name. `timings`, if given, receives each evaluator's seconds."""
     configured = setup.config.get("evals", {}) or {}
-    names = list(configured) if names is None else list(names)
+    if names is None:
+        names = [n for n in configured if (configured[n] or {}).get("enabled", True)]
+    names = list(names)
     from common.eval import features
 
     results: dict[str, float] = {}
