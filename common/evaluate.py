@@ -78,16 +78,17 @@ def evaluate(
     step: int | None = None,
     evals: list[str] | None = None,
 ) -> dict[str, float]:
-    """Restores a checkpoint, runs the evaluators, prints and writes `eval_<step>.json`."""
-    from common.eval import get_evaluator
+    """Restores a checkpoint, runs the evaluators, prints and writes `eval_<step>.json`.
 
+    `evals`: evaluator names (default: the enabled ones of `config.evals`).
+    """
+    from common.eval import get_evaluator, run_evaluators
+
+    names = list(evals) if evals else None
+    for name in names or []:
+        get_evaluator(name)  # an unknown name fails before any work
     setup, state, mesh = restore_state(config, workdir, step)
     step = int(state.step)
-    names = list(evals) if evals else list(config.get("evals", {}) or {})
-    for name in names:
-        get_evaluator(name)  # unknown names fail before any work
-    from common.eval import run_evaluators
-
     timings: dict[str, float] = {}
     results = run_evaluators(setup, state, mesh=mesh, workdir=workdir, names=names, timings=timings)
     if jax.process_index() == 0:
