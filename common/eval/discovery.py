@@ -178,7 +178,9 @@ class DiscoveryEvaluator(Evaluator):
         variables = network_variables(state, o.network)
         data = eval_data_config(self.config, o)
         split = (
-            o.split if self.source_dataset is not None else limit_split(data, o.split, o.examples)
+            o.split
+            if self.source_dataset is not None
+            else limit_split(data, o.split, int(o.examples))
         )
         from common.eval import dense_data
 
@@ -202,13 +204,12 @@ class DiscoveryEvaluator(Evaluator):
         score = _scorer(mesh)
         totals, first = {}, None
         for i, host in enumerate(batches):
-            keys = ("image", "instance_mask", "class_mask", "segments", "mask_hw", "_valid")
+            keys = ("instance_mask", "class_mask", "segments", "mask_hw", "_valid")
+            keys += ("image",) if use_kmeans else ()
             batch = to_global({k: host[k] for k in keys if k in host}, mesh)
-            dense = (
-                extract_dense(module, o.layer, variables, batch.pop("image"))
-                if use_kmeans
-                else None
-            )
+            dense = None
+            if use_kmeans:
+                dense = extract_dense(module, o.layer, variables, batch.pop("image"))
             n = min(int(o.num_pictures), len(host["_valid"])) if draw and i == 0 else 0
             rng = jax.random.fold_in(jax.random.key(int(o.seed), impl="rbg"), i)
             out = score(settings, n, dense, batch, rng)

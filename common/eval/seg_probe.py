@@ -54,7 +54,7 @@ class SegProbeEvaluator(Evaluator):
         "image_size": 0,  # network input; 0: data.eval_image_size or data.image_size
         "network": "online",
         "layer": "out",
-        "num_classes": 0,  # with background; 0: config.num_classes + 1
+        "num_classes": 0,  # with background; 0: config.num_classes + 1 (COCO panoptic: 81)
         "epochs": 10,
         "optimizer": "adam",  # adam | sgd (momentum 0.9, cosine schedule)
         "learning_rate": 0.01,
