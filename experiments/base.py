@@ -142,15 +142,17 @@ def base_config(method: str, variant: str) -> ml_collections.ConfigDict:
             {
                 "monitor": {"split": "validation", "batch_size": 128},
                 # At the embedded images' own 64 px: an 8 x 8 feature grid to cluster.
-                "discovery": evaluator_config("discovery", batch_size=128, image_size=64),
+                "discovery": evaluator_config(
+                    "discovery", batch_size=128, image_size=64, examples=1000
+                ),
                 "seg_probe": evaluator_config(
                     "seg_probe", train_examples=1000, examples=1000, epochs=5
                 ),
                 # Batch 128 as the monitor's: the three share one pass over the validation split.
                 "linear_probe": evaluator_config(
-                    "linear_probe", train_examples=3000, batch_size=128
+                    "linear_probe", train_examples=2000, batch_size=128
                 ),
-                "knn": evaluator_config("knn", train_examples=3000, batch_size=128),
+                "knn": evaluator_config("knn", train_examples=2000, batch_size=128),
             }
         )
     else:
