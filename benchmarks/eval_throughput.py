@@ -92,7 +92,8 @@ def main():
         mesh = train.create_mesh()
         init = functools.partial(train.init_state, setup)
         state = jax.jit(init, out_shardings=NamedSharding(mesh, P()))(train.init_rng(0))
-    evaluator = get_evaluator("discovery")(config, {**config.evals.discovery, "split": split})
+    options = {**config.evals.discovery, "split": split, "examples": 0}
+    evaluator = get_evaluator("discovery")(config, options)
     evaluator.source_dataset = source
     times, results = [], {}
     for _ in range(2):
