@@ -379,7 +379,7 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                 skipped = {"skipped_records": getattr(data, "num_skipped", 0)}
                 logger.log(step, {**metrics.to_host(step_metrics), **skipped})
             if not last and _every(config.get("eval_every_steps", 0), step):
-                run_evaluators_logged(setup, state, logger)
+                run_evaluators_logged(setup, state, logger, workdir)
             if _every(config.get("pictures_every_steps", 0), step) or (last and pictures_on):
                 save_pictures(setup, state, host_batch, workdir, step)
             if step % config.checkpoint.every_steps == 0 or last or preemption.requested:
@@ -402,11 +402,11 @@ def _every(period: int, step: int) -> bool:
     return bool(period) and step % period == 0
 
 
-def run_evaluators_logged(setup: Setup, state: TrainState, logger) -> dict:
+def run_evaluators_logged(setup: Setup, state: TrainState, logger, workdir: str) -> dict:
     """Runs the config's evaluators on the current state and logs them under `eval/`."""
     from common.eval import run_evaluators
 
-    results = run_evaluators(setup, state, mesh=create_mesh())
+    results = run_evaluators(setup, state, mesh=create_mesh(), workdir=workdir)
     if results:
         logger.log(int(state.step), results, prefix="eval")
     return results
@@ -428,7 +428,7 @@ def save_pictures(setup: Setup, state: TrainState, host_batch, workdir: str, ste
 
 def run_final_evaluation(setup: Setup, state: TrainState, workdir: str, logger) -> dict:
     """Evaluates the trained representation; prints a table and writes `final_eval.json`."""
-    results = run_evaluators_logged(setup, state, logger)
+    results = run_evaluators_logged(setup, state, logger, workdir)
     if results:
         if jax.process_index() == 0:
             with open(os.path.join(workdir, "final_eval.json"), "w") as f:
