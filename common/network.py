@@ -29,10 +29,19 @@ class SSLNetwork(nn.Module):
     predictor: nn.Module | None = None
 
     @nn.compact
-    def __call__(self, images: jax.Array, masks: jax.Array | None = None, *, train: bool):
+    def __call__(
+        self,
+        images: jax.Array,
+        masks: jax.Array | None = None,
+        *,
+        train: bool,
+        dense_projection: bool = False,
+    ):
         """Returns `dense` `[B,h,w,C]`, `features` (all dense maps), `pooled` `[B,R,C]`,
         `embedding` `[B,C]` (spatial mean of `dense`, float32), `projection` and `prediction`
-        `[B,R,D]` when the heads exist (float32: losses and EMA stay in float32)."""
+        `[B,R,D]` when the heads exist (float32: losses and EMA stay in float32), and with
+        `dense_projection` the projector applied at every location, `dense_projection`
+        `[B,h,w,D]` (Odin's discovery features; the same parameters, a 1x1 layer)."""
         features = self.backbone(images, train=train)
         dense = features["out"]
         pooled = self.pool(features, masks)
@@ -48,6 +57,8 @@ class SSLNetwork(nn.Module):
                 out["prediction"] = self.predictor(out["projection"], train=train).astype(
                     jnp.float32
                 )
+            if dense_projection:
+                out["dense_projection"] = self.projector(dense, train=train).astype(jnp.float32)
         return out
 
 

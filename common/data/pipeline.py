@@ -51,7 +51,7 @@ MASK_SOURCES = ("none", "fh", "gt", "grid")
 EVAL_CROPS = ("center_crop", "resize_full")
 _INT64_MAX = np.iinfo(np.int64).max
 # Domain tags folded into the user seed, so that shuffling and augmentation never share a key.
-_SHUFFLE_TAG, _AUGMENT_TAG = 1, 2
+_SHUFFLE_TAG, _AUGMENT_TAG, _DISCOVERY_TAG = 1, 2, 3
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,12 @@ def default_data_config() -> ml_collections.ConfigDict:
         Global batch k is the concatenation of batch k of every slice, so fixing num_shards
         makes the stream independent of the number of processes reading it (a job resumed on a
         different slice of a pod, or one process emulating two). A multiple of process_count.
+      discovery_view: also emit Odin's discovery view `view0` (METHODS.md §6.3): a large crop
+        of the image, never flipped, with its box `box0` (and `mask0` when there is a mask
+        source); the representation views stay crops of the whole image.
+      discovery_crop_scale: (min, max) area fraction of the discovery crop [DEFAULT (0.5, 1)].
+      discovery_image_size: side of `view0` (0: image_size); a larger view gives k-means a finer
+        feature grid.
     """
     return ml_collections.ConfigDict(
         {
@@ -116,6 +122,9 @@ def default_data_config() -> ml_collections.ConfigDict:
             "video_mask_key": "instance_masks",
             "build_if_missing": True,
             "num_shards": 0,
+            "discovery_view": False,
+            "discovery_crop_scale": (0.5, 1.0),
+            "discovery_image_size": 0,
         }
     )
 
@@ -335,6 +344,30 @@ def _views(
         out["flip" + name] = tf.cast(flip, tf.int32)
         if ids[v] is not None:
             out["mask" + name] = geometry.crop_resize_ids(ids[v], window, flip, image_size)
+    return out
+
+
+def _discovery_view(
+    cfg: types.SimpleNamespace, seed: tf.Tensor, image: tf.Tensor, ids: tf.Tensor | None
+) -> dict[str, tf.Tensor]:
+    """Odin's discovery view: a large crop, no flip, no photometric change (METHODS.md §6.3).
+
+    Returns:
+      `view0` float32 `[S0, S0, 3]`, `box0` float32 `[4]`, `flip0` int32 `[]` (always 0), and
+      `mask0` int32 `[S0, S0]` when ids are given; S0 = `discovery_image_size` or `image_size`.
+    """
+    size = int(cfg.discovery_image_size) or int(cfg.image_size)
+    h, w = tf.shape(image)[0], tf.shape(image)[1]
+    u = tf.random.stateless_uniform([4], seed)
+    window = geometry.sample_crop_window(u, h, w, cfg.discovery_crop_scale, cfg.crop_ratio)
+    no_flip = tf.constant(False)
+    out = {
+        "view0": geometry.crop_resize_image(image, window, no_flip, size),
+        "box0": geometry.window_to_box(window, h, w),
+        "flip0": tf.constant(0, tf.int32),
+    }
+    if ids is not None:
+        out["mask0"] = geometry.crop_resize_ids(ids, window, no_flip, size)
     return out
 
 
@@ -593,6 +626,11 @@ def make_pretrain_dataset(
         hw = tf.shape(image)[:2]
         ids = _image_ids(cfg, source, ex, hw)
         out = _views(cfg, seeds, [image, image], [ids, ids], size)
+        if cfg.discovery_view:
+            # Its own key (a fold_in, not a third split), so views 1 and 2 are the same with
+            # or without it.
+            discovery_seed = tf.random.experimental.stateless_fold_in(seeds[0], _DISCOVERY_TAG)
+            out.update(_discovery_view(cfg, discovery_seed, image, ids))
         out.update(label=_label(ex), index=index, _pos=pos)
         return out
 
@@ -659,7 +697,9 @@ def make_shard_pretrain_iterator(
         `view1`, `view2` float32 `[b, S, S, 3]` in [0, 1]; `mask1`, `mask2` int32 `[b, S, S]`
         (unless mask_source is `none`); `box1`, `box2` float32 `[b, 4]` (ymin, xmin, ymax, xmax)
         in the original image; `flip1`, `flip2` int32 `[b]`; `label` int32 `[b]` (-1 if the
-        dataset has none); `index` int64 `[b]` position in the global stream.
+        dataset has none); `index` int64 `[b]` position in the global stream. With
+        `discovery_view`: `view0` `[b, S0, S0, 3]`, `box0`, `flip0` (and `mask0`), see
+        `_discovery_view`.
     """
     ds, start, diagnose = make_pretrain_dataset(
         data_config,
