@@ -5,7 +5,8 @@ Pooling modules share one signature, `pool(features, masks=None) -> [B, R, C]`, 
 `masks` are float weights `[B, R, h*w]`:
 * `MeanPool`: global spatial mean, R = 1 (BYOL, SimCLR, MoCLR).
 * `MaskPool`: mean over each mask's cells (DetCon, Odin).
-* Attention pooling (VITO, METHODS.md §7.2) will be added here later with the same signature.
+* `AttentionPool`: learned spatial softmax attention, R = number of queries (VITO, METHODS.md
+  §7.2).
 """
 
 from __future__ import annotations
@@ -138,3 +139,83 @@ class MaskPool(nn.Module):
         area = jnp.sum(masks, axis=-1, keepdims=True)
         weights = masks / jnp.maximum(area, 1.0)
         return jnp.einsum("brn,bnc->brc", weights, x)
+
+
+def spatial_softmax_pool(x: jax.Array, logits: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Attention-weighted spatial sum: `pooled[b, q] = sum_n softmax_n(logits[b, :, q])[n] x[b, n]`.
+
+    Args:
+      x: dense features `[B, h, w, C]`.
+      logits: one logit per location and query, `[B, h, w, Q]`.
+
+    Returns:
+      `(pooled [B, Q, C], weights [B, Q, h*w])`; the weights of each query sum to 1 over space
+      (softmax in float32, so a bfloat16 network still pools with normalised weights). Zero
+      (or constant) logits give uniform weights, i.e. the global spatial mean.
+    """
+    b, h, w, c = x.shape
+    if logits.shape[:3] != (b, h, w):
+        raise ValueError(f"attention logits {logits.shape} do not match features {x.shape}")
+    weights = jax.nn.softmax(logits.reshape(b, h * w, -1).astype(jnp.float32), axis=1)
+    weights = jnp.swapaxes(weights, 1, 2)  # [B, Q, h*w]
+    pooled = jnp.einsum("bqn,bnc->bqc", weights.astype(x.dtype), x.reshape(b, h * w, c))
+    return pooled, weights
+
+
+class AttentionPool(nn.Module):
+    """Learned attention pooling (VITO's multi-scale attention pooling, one scale; §7.2).
+
+    `1x1 conv(hidden) -> ReLU -> 1x1 conv(num_queries)` gives one logit per location and query,
+    a softmax over the `h*w` locations turns them into weights, and the pooled vector is the
+    weighted sum of the features. The head design is [UNVERIFIED lo] in the paper (METHODS.md
+    §7.7 q1); the last layer starts at zero [DEFAULT] so that training starts from global
+    average pooling (the MoCLR network VITO modifies) and learns where to look.
+
+    Attributes:
+      hidden_dim: width of the hidden 1x1 conv.
+      num_queries: Q, pooled vectors per image (R of the pooling signature).
+      feature_key: which dense map of the backbone to pool (`stage3`, `stage4`, `out`).
+      dtype: computation dtype of the convs (the softmax is float32).
+      zero_init: zero-initialise the logit layer (uniform attention at step 0).
+    """
+
+    hidden_dim: int = 512
+    num_queries: int = 1
+    feature_key: str = "out"
+    dtype: Any = jnp.float32
+    zero_init: bool = True
+
+    @nn.compact
+    def __call__(
+        self,
+        features: dict[str, jax.Array],
+        masks: jax.Array | None = None,
+        *,
+        return_weights: bool = False,
+    ):
+        """Pools.
+
+        Args:
+          features: dict of dense maps; `features[feature_key]` is `[B, h, w, C]`.
+          masks: ignored (accepted for the common pooling signature).
+          return_weights: also return the attention weights.
+
+        Returns:
+          `[B, Q, C]` in the features' dtype, and with `return_weights` the weights
+          `[B, Q, h*w]` (float32, each row sums to 1).
+        """
+        del masks
+        if self.feature_key not in features:
+            raise ValueError(
+                f"AttentionPool: no feature map {self.feature_key!r}; the backbone gives "
+                f"{sorted(features)}"
+            )
+        x = features[self.feature_key]
+        h = nn.Dense(self.hidden_dim, dtype=self.dtype, name="hidden")(x)  # a 1x1 conv
+        h = nn.relu(h)
+        logit_init = nn.initializers.zeros if self.zero_init else nn.initializers.lecun_normal()
+        logits = nn.Dense(
+            self.num_queries, dtype=self.dtype, kernel_init=logit_init, name="logits"
+        )(h)
+        pooled, weights = spatial_softmax_pool(x, logits)
+        return (pooled, weights) if return_weights else pooled
