@@ -314,7 +314,14 @@ def make_data_iterator(
 ) -> Iterator[dict[str, np.ndarray]]:
     from common.data import pipeline  # tf.data is only imported by runs that read data
 
-    return pipeline.make_pretrain_iterator(
+    makers = {
+        "images": pipeline.make_pretrain_iterator,
+        "video_pairs": pipeline.make_video_pair_iterator,
+    }
+    kind = config.data.get("kind", "images")
+    if kind not in makers:
+        raise ValueError(f"config.data.kind: unknown kind {kind!r} (images, video_pairs)")
+    return makers[kind](
         config.data,
         global_batch_size=config.batch_size,
         seed=config.seed,

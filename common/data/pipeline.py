@@ -81,7 +81,11 @@ def default_data_config() -> ml_collections.ConfigDict:
       eval_image_size: evaluation size (None: image_size).
       eval_crop: `center_crop` (side S/(S+eval_crop_padding) of the short side) | `resize_full`.
       eval_crop_padding: 32 as in DeepMind's evaluation.
-      min_offset, max_offset: temporal offset range, in frames, of video frame pairs [DEFAULT].
+      kind: what the trainer reads: `images` (two views of one image,
+        `make_pretrain_iterator`) or `video_pairs` (two frames of one clip,
+        `make_video_pair_iterator`; VITO).
+      min_offset, max_offset: temporal offset range, in frames, of video frame pairs [DEFAULT];
+        `0, 0` cuts both views from the same frame (the single-frame baseline of VITO).
       video_key, video_mask_key: video features (`video` [T,H,W,3], `instance_masks` [T,H,W]).
       build_if_missing: let `common.data.loading.ensure_dataset` build an embedded dataset.
       num_shards: how many disjoint slices the training stream is made of (0: one per process).
@@ -116,6 +120,7 @@ def default_data_config() -> ml_collections.ConfigDict:
             "eval_image_size": None,
             "eval_crop": "center_crop",
             "eval_crop_padding": 32,
+            "kind": "images",
             "min_offset": 1,
             "max_offset": 8,
             "video_key": "video",
@@ -778,6 +783,8 @@ def make_shard_video_pair_iterator(
     aug_seed = _seed_pair(seed, _AUGMENT_TAG)
     size = int(cfg.image_size)
     lo, hi = int(cfg.min_offset), int(cfg.max_offset)
+    if lo < 0 or hi < lo:
+        raise ValueError(f"data.min_offset, max_offset: need 0 <= min <= max, got {lo}, {hi}")
 
     def fn(pos, ex):
         index = (pos // b) * global_batch_size + process_index * b + pos % b
