@@ -18,13 +18,16 @@ from common.eval.linear_probe import pooled_feature_batches
 class MonitorEvaluator:
     """Accuracy of the stop-gradient linear classifier that pretraining trains alongside.
 
-    Options (`config.evals.monitor`): `split` (default `validation`), `batch_size` (global).
+    Options (`config.evals.monitor`): `split` (default `validation`), `batch_size` (global),
+    `dataset`/`data_dir` (default: the pretraining data; VITO pretrains on videos and monitors
+    on the embedded images).
     """
 
     def __init__(self, config, eval_config):
         self.config = config
         self.split = eval_config.get("split", "validation")
         self.batch_size = eval_config.get("batch_size", 64)
+        self.data_options = {k: eval_config.get(k, "") for k in ("dataset", "data_dir")}
 
     def run(self, setup, state, *, mesh) -> dict[str, float]:
         @functools.partial(jax.jit, out_shardings=NamedSharding(mesh, P()))
@@ -37,7 +40,7 @@ class MonitorEvaluator:
         # The online embeddings of the split, shared with the linear probe and the kNN when they
         # read the same split at the same batch size (one forward pass for the three).
         batches = pooled_feature_batches(
-            setup, state, mesh, data=eval_data_config(self.config, {}), split=self.split,
+            setup, state, mesh, data=eval_data_config(self.config, self.data_options), split=self.split,
             batch_size=self.batch_size,
         )  # fmt: skip
         total = jnp.zeros(2, jnp.int32)
