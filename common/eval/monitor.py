@@ -6,6 +6,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -27,7 +28,9 @@ class MonitorEvaluator:
         self.config = config
         self.split = eval_config.get("split", "validation")
         self.batch_size = eval_config.get("batch_size", 64)
-        self.data_options = {k: eval_config.get(k, "") for k in ("dataset", "data_dir")}
+        self.data_options = ml_collections.ConfigDict(
+            {k: eval_config.get(k, "") for k in ("dataset", "data_dir")}
+        )
 
     def run(self, setup, state, *, mesh) -> dict[str, float]:
         @functools.partial(jax.jit, out_shardings=NamedSharding(mesh, P()))
