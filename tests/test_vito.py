@@ -125,7 +125,7 @@ class PixelCodeClassifier:
         return np.round(frames.reshape(len(frames), -1).mean(-1) / CODE).astype(np.int32)
 
 
-def _make_videos(data_dir, name, videos):
+def _make_videos(directory, name, videos):
     import tensorflow_datasets as tfds
 
     features = tfds.features.FeaturesDict(
@@ -142,7 +142,7 @@ def _make_videos(data_dir, name, videos):
 
     tfds.dataset_builders.store_as_tfds_dataset(
         name=name, version="1.0.0", features=features, split_datasets={"train": examples()},
-        data_dir=data_dir, disable_shuffling=True,
+        data_dir=directory, disable_shuffling=True,
     )  # fmt: skip
 
 

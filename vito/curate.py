@@ -232,13 +232,15 @@ def score_shard(job: Job, shard: Shard, classifier: Callable) -> Iterator[dict]:
         yield {
             "split": shard.split,
             "index": shard.start + offset,
-            "tfds_id": ex["tfds_id"].decode() if isinstance(ex["tfds_id"], bytes) else str(
-                ex["tfds_id"]
-            ),
+            "tfds_id": _text(ex["tfds_id"]),
             "label": label,
             "frames": int(len(frames)),
             "agreement": float(np.mean(predictions == target)) if len(frames) else 0.0,
         }
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class _ScoreDoFn(beam.DoFn):
@@ -391,7 +393,9 @@ def curate(
     splits = list(splits) if splits else list(available)
     missing = [s for s in splits if s not in available]
     if missing:
-        raise ValueError(f"{source.info.full_name} has no split {missing}; it has {list(available)}")
+        raise ValueError(
+            f"{source.info.full_name} has no split {missing}; it has {list(available)}"
+        )
     job = Job(
         source_dir=os.fspath(source.data_dir),
         video_key=video_key,

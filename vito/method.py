@@ -51,7 +51,9 @@ class VITO(TwoTowerMethod):
         # projection/prediction: [B, n_heads, Q, D]; one MoCLR loss per head (scale), each query
         # its own full-image "region" that matches the same query of the other frame.
         n_heads, q = online1["prediction"].shape[1:3]
-        ids = jnp.broadcast_to(jnp.arange(q, dtype=jnp.int32), online1["prediction"].shape[:1] + (q,))
+        ids = jnp.broadcast_to(
+            jnp.arange(q, dtype=jnp.int32), online1["prediction"].shape[:1] + (q,)
+        )
         k = self.config.method_kwargs
         names = list(k.scales) if k.combine == "sum_losses" else ["concat"]
         total, per_head = 0.0, {}
@@ -75,4 +77,3 @@ class VITO(TwoTowerMethod):
 
         del rng
         return pictures.save(nets, batch, path, scales=tuple(self.config.method_kwargs.scales))
-

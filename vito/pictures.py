@@ -40,9 +40,12 @@ def overlay(frame: np.ndarray, weights: np.ndarray, size: int = PANEL) -> np.nda
         Image.fromarray((np.clip(frame, 0, 1) * 255).astype(np.uint8)).resize((size, size))
     )
     heat = weights / max(float(weights.max()), 1e-12)
-    heat = np.asarray(
-        Image.fromarray((heat * 255).astype(np.uint8)).resize((size, size), Image.NEAREST)
-    ).astype(np.float32)[..., None] / 255.0
+    heat = (
+        np.asarray(
+            Image.fromarray((heat * 255).astype(np.uint8)).resize((size, size), Image.NEAREST)
+        ).astype(np.float32)[..., None]
+        / 255.0
+    )
     red = np.array([255.0, 40.0, 0.0])
     blended = 0.45 * img + 0.55 * (heat * red + (1 - heat) * img * 0.35)
     return np.clip(blended, 0, 255).astype(np.uint8)

@@ -221,9 +221,7 @@ def clip_scores(
     scores = []
     for obj in objects:
         js = [region_similarity(pred[t] == obj, gt[t] == obj) for t in range(1, len(gt))]
-        fs = [
-            boundary_f_measure(pred[t] == obj, gt[t] == obj, bound_th) for t in range(1, len(gt))
-        ]
+        fs = [boundary_f_measure(pred[t] == obj, gt[t] == obj, bound_th) for t in range(1, len(gt))]
         scores.append((float(np.mean(js)) if js else 1.0, float(np.mean(fs)) if fs else 1.0))
     return scores
 

@@ -42,10 +42,10 @@ class MonitorEvaluator:
 
         # The online embeddings of the split, shared with the linear probe and the kNN when they
         # read the same split at the same batch size (one forward pass for the three).
+        data = eval_data_config(self.config, self.data_options)
         batches = pooled_feature_batches(
-            setup, state, mesh, data=eval_data_config(self.config, self.data_options), split=self.split,
-            batch_size=self.batch_size,
-        )  # fmt: skip
+            setup, state, mesh, data=data, split=self.split, batch_size=self.batch_size
+        )
         total = jnp.zeros(2, jnp.int32)
         for item in batches:
             total = total + counts(state.params["classifier"], item)
