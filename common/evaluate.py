@@ -1,13 +1,16 @@
 """Evaluates a checkpoint: the standalone counterpart of the trainer's final evaluation.
 
     python -m common.evaluate --config experiments/byol.py:local --workdir DIR \\
-        [--checkpoint STEP] [--evals discovery,knn] [--config.evals.discovery.num_clusters=16]
+        [--checkpoint STEP | --init] [--evals discovery,knn] \\
+        [--config.evals.discovery.num_clusters=16]
 
 Restores the latest (or `--checkpoint`) train state of `<workdir>/checkpoints` for the model the
 config describes (the checkpoint's model signature must match: a config of another model fails
 with a one-line error), runs the evaluators of `config.evals` (or those named by `--evals`, with
 their configured options, or their defaults when the config does not list them), prints a table,
-and writes `<workdir>/eval_<step>.json` (and pictures under `<workdir>/pictures/`). Nothing is
+and writes `<workdir>/eval_<step>.json` (and pictures under `<workdir>/pictures/`). `--init`
+evaluates the freshly initialised networks instead (the random-initialisation baseline of the
+papers' tables) and writes `eval_init.json`. Nothing is
 trained and nothing in the workdir but those files is written.
 """
 
@@ -30,19 +33,29 @@ class NoCheckpointError(FileNotFoundError):
 
 
 def restore_state(
-    config: ml_collections.ConfigDict, workdir: str, step: int | None = None
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    step: int | None = None,
+    *,
+    initial: bool = False,
 ) -> tuple[train.Setup, train.TrainState, object]:
-    """Builds the run's networks and restores `step` (default: the latest) from `workdir`.
+    """Builds the run's networks and restores `step` (default: the latest) from `workdir`
+    (`initial`: the fresh initialisation instead, no checkpoint read).
 
     Returns `(setup, state, mesh)`; the state is replicated on the mesh of all devices.
     """
     # The schedule needs a dataset size when the config counts epochs; it plays no part here.
     num_examples = int(config.data.get("num_examples") or 1_000_000)
     setup = train.build(config, num_examples)
+    mesh = train.create_mesh()
+    if initial:
+        init = jax.jit(
+            functools.partial(train.init_state, setup), out_shardings=NamedSharding(mesh, P())
+        )
+        return setup, init(train.init_rng(config.seed)), mesh
     ckpt_dir = os.path.join(os.path.abspath(workdir), "checkpoints")
     if not os.path.isdir(ckpt_dir):
         raise NoCheckpointError(f"no checkpoints in {workdir} (expected {ckpt_dir})")
-    mesh = train.create_mesh()
     replicated = NamedSharding(mesh, P())
     init = jax.jit(functools.partial(train.init_state, setup), out_shardings=replicated)
     abstract = init(train.init_rng(config.seed))
@@ -77,22 +90,26 @@ def evaluate(
     *,
     step: int | None = None,
     evals: list[str] | None = None,
+    initial: bool = False,
 ) -> dict[str, float]:
     """Restores a checkpoint, runs the evaluators, prints and writes `eval_<step>.json`.
 
     `evals`: evaluator names (default: the enabled ones of `config.evals`).
+    `initial`: evaluate the config's freshly initialised networks (seed `config.seed`) instead
+    of a checkpoint, the random-initialisation baseline; writes `eval_init.json`.
     """
     from common.eval import get_evaluator, run_evaluators
 
     names = list(evals) if evals else None
     for name in names or []:
         get_evaluator(name)  # an unknown name fails before any work
-    setup, state, mesh = restore_state(config, workdir, step)
+    setup, state, mesh = restore_state(config, workdir, step, initial=initial)
     step = int(state.step)
     timings: dict[str, float] = {}
     results = run_evaluators(setup, state, mesh=mesh, workdir=workdir, names=names, timings=timings)
     if jax.process_index() == 0:
-        path = os.path.join(workdir, f"eval_{step}.json")
+        os.makedirs(workdir, exist_ok=True)
+        path = os.path.join(workdir, "eval_init.json" if initial else f"eval_{step}.json")
         with open(path, "w") as f:
             json.dump({"step": step, "results": results, "seconds": timings}, f, indent=2)
         print(format_table(results, step, timings))
@@ -115,7 +132,7 @@ def cli(argv):
 
     f = flags.FLAGS
     evals = [e.strip() for e in f.evals.split(",") if e.strip()] if f.evals else None
-    evaluate(f.config, f.workdir, step=f.checkpoint, evals=evals)
+    evaluate(f.config, f.workdir, step=f.checkpoint, evals=evals, initial=f.init)
 
 
 if __name__ == "__main__":
@@ -126,5 +143,6 @@ if __name__ == "__main__":
     flags.DEFINE_string("workdir", None, "the training run's workdir (holds checkpoints/)")
     flags.DEFINE_integer("checkpoint", None, "step to evaluate (default: the latest)")
     flags.DEFINE_string("evals", None, "comma-separated evaluators (default: config.evals)")
+    flags.DEFINE_bool("init", False, "evaluate the fresh initialisation, not a checkpoint")
     flags.mark_flags_as_required(["config", "workdir"])
     app.run(cli)

@@ -7,6 +7,7 @@ import functools
 import json
 import os
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -325,6 +326,10 @@ def test_supervised_backbone_beats_random_init_on_every_evaluator(data_dir, supe
     setup, trained, mesh = evaluate.restore_state(config, supervised_workdir)
     assert int(trained.step) == SUPERVISED_STEPS
     _, random, _ = _random_state(config)
+    # `common.evaluate --init` scores exactly this fresh initialisation.
+    _, initial, _ = evaluate.restore_state(config, supervised_workdir, initial=True)
+    assert int(initial.step) == 0
+    chex.assert_trees_all_equal(jax.device_get(initial.params), jax.device_get(random.params))
     names = list(TINY_EVALS)
     got = {
         "trained": run_evaluators(setup, trained, mesh=mesh, names=names),
