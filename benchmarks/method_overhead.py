@@ -85,6 +85,11 @@ def random_batch(config, seed: int = 0) -> dict[str, jax.Array]:
         "flip2": np.zeros((b,), np.int32),
         "label": rng.integers(0, config.num_classes, size=(b,)).astype(np.int32),
     }
+    if config.data.get("discovery_view", False):  # Odin's discovery view, a large crop
+        s0 = int(config.data.discovery_image_size) or s
+        batch["view0"] = rng.uniform(size=(b, s0, s0, 3)).astype(np.float32)
+        batch["box0"] = np.tile(np.asarray([[0.1, 0.1, 0.9, 0.9]], np.float32), (b, 1))
+        batch["flip0"] = np.zeros((b,), np.int32)
     return {k: jnp.asarray(v) for k, v in batch.items()}
 
 
