@@ -87,6 +87,7 @@ def _vito_config(data_dir, **overrides):  # noqa: F811
             "evals.monitor.dataset": "synthetic_scenes/tiny",
             "evals.label_propagation.dataset": "synthetic_videos/tiny",
             "evals.label_propagation.examples": 2,
+            "evals.label_propagation.image_size": 0,
             **overrides,
         }
     )  # fmt: skip
