@@ -76,6 +76,42 @@ def test_uniform_attention_equals_mean_pooling():
         heads.AttentionPool(feature_key="stage9").init(jax.random.key(0), {"out": x})
 
 
+def test_concat_and_several_queries_shapes(tmp_path):
+    """`combine='concat'` gives one head over the concatenated scales, `num_queries` Q pooled
+    vectors per scale; the step traces with them (shapes only, nothing compiled)."""
+    config = helpers.tiny_config(
+        "vito", str(tmp_path), **{"method_kwargs.combine": "concat", "method_kwargs.num_queries": 2}
+    )
+    setup = train.build(config, num_examples=256)
+    state = jax.eval_shape(functools.partial(train.init_state, setup), train.init_rng(0))
+    online = state.params["online"]
+    assert {"projector_concat", "predictor_concat"} <= set(online)
+    assert "projector_stage3" not in online
+    s = config.data.image_size
+    images = jax.ShapeDtypeStruct((4, s, s, 3), jnp.float32)
+    out = jax.eval_shape(
+        lambda p, b, x: setup.modules["online"].apply(
+            {"params": p, "batch_stats": b}, x, train=False, return_attention=True
+        ),
+        online, state.batch_stats["online"], images,
+    )  # fmt: skip
+    d = config.model.projector_dim
+    assert out["projection"].shape == (4, 1, 2, d) and out["prediction"].shape == (4, 1, 2, d)
+    assert [w.shape[1] for w in out["attention"]] == [2, 2]
+    assert out["embedding"].shape == (4, out["dense"].shape[-1])
+    from common.method import Networks
+
+    def loss(params, stats, x):
+        nets = Networks(setup.modules, params, stats)
+        return setup.method.loss(nets, {"view1": x, "view2": x}, None, 0)
+
+    params = {**state.params, **state.ema_params}
+    total, aux = jax.eval_shape(loss, params, state.batch_stats, images)
+    metrics = aux["metrics"]
+    assert total.shape == ()
+    assert "loss_concat" in metrics
+
+
 # ---------------------------------------------------------------------------------------------
 # Frame pairs through the trainer's data iterator.
 
