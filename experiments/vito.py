@@ -21,6 +21,8 @@ Unverified (METHODS.md §7.7), each a config field with a [DEFAULT]:
   local network: 64), one query, losses summed over scales (`method_kwargs.*`);
 * recipe: MoCLR's (LARS base LR 0.2 x batch/256, WD 1.5e-6, tau 0.996, T 0.1), epochs unknown
   (default 300 over the dataset).
+The videonet dataset's labels feed the online linear monitor (1000 classes: VideoNet's videos
+come from ImageNet class queries), which is evaluated on ImageNet validation.
 """
 
 from experiments.base import base_config, parse_arg
@@ -50,6 +52,16 @@ def get_config(arg: str | None = None):
         config.num_epochs = args.epochs
         config.data.min_offset, config.data.max_offset = 1, 50
         config.evals.monitor.dataset = "imagenet2012"
+        from common.eval import evaluator_config
+
+        # DAVIS-2017 label propagation (TFDS `davis`, 480p), off until that dataset is prepared:
+        # --config.evals.label_propagation.enabled=True. Stage 3 (stride 16) as the common
+        # ResNet protocol; the paper's layer and resolution are unverified (§7.7 q6).
+        config.evals.label_propagation = evaluator_config(
+            "label_propagation", dataset="davis/480p", video_key="video/frames",
+            mask_key="video/segmentations", image_size=480, layer="stage3", batch_size=8,
+            enabled=False,
+        )  # fmt: skip
     else:
         config.data.name = args.dataset or "synthetic_videos"
         config.data.min_offset, config.data.max_offset = 1, 8
