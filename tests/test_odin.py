@@ -13,6 +13,7 @@ the training step (tiny configs, tests/helpers.py).
 from __future__ import annotations
 
 import functools
+import os
 
 import chex
 import jax
@@ -172,8 +173,12 @@ def test_discovery_network_follows_online_as_configured(mode, data_dir):  # noqa
 def test_step_compiles_once_and_trains_on_discovered_masks(data_dir, tmp_path, monkeypatch):  # noqa: F811
     counted = chex.assert_max_traces(train.train_step, n=1)
     monkeypatch.setattr(train, "train_step", counted)
-    config = helpers.tiny_config("odin", data_dir, **{"evals.discovery.enabled": False})
+    config = helpers.tiny_config(
+        "odin", data_dir, **{"evals.discovery.enabled": False, "pictures_every_steps": 6}
+    )
     train.main(config, str(tmp_path))
+    # The discovered masks in both views, drawn by DetCon's picture code.
+    assert os.path.getsize(tmp_path / "pictures" / "step_0000006.png") > 1000
     from common.metrics import read_jsonl
 
     rows = [r for r in read_jsonl(str(tmp_path)) if "train/loss" in r]
