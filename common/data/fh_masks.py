@@ -646,7 +646,9 @@ def build_fh_dataset(
     return derived
 
 
-def _compute_all_shards(job, shards, use_beam, options, num_workers) -> None:
+def _compute_all_shards(job, shards, use_beam, options, num_workers, pool=None) -> None:
+    """Computes every shard file not yet on disk: through Beam, or locally in `num_workers`
+    processes (a started `pool` of them may be given, e.g. to reuse one across calls)."""
     pending = [s for s in shards if not shard_file(job, s).exists()]
     logging.info("FH: %d of %d shards to compute", len(pending), len(shards))
     if not pending:
@@ -664,8 +666,12 @@ def _compute_all_shards(job, shards, use_beam, options, num_workers) -> None:
         return
     from common.data import procedural
 
+    fn = functools.partial(_compute_shard_element, job=job)
+    if pool is not None:
+        for _ in procedural.ordered_map(fn, pending, pool=pool, chunksize=1):
+            pass
+        return
     with procedural.worker_pool(num_workers) as pool:
-        fn = functools.partial(_compute_shard_element, job=job)
         for _ in procedural.ordered_map(fn, pending, pool=pool, chunksize=1):
             pass
 
