@@ -14,7 +14,8 @@ rate, K, k-means iterations, crop scale, resolution) are `method_kwargs` / `data
 the defaults documented in `odin/method.py` [DEFAULT].
 
 Evaluation: the discovery evaluator scores the *discovery* network's k-means segments (the
-masks Odin trains on); its pictures (`<workdir>/pictures/discovery_<step>.png`, the same
+masks Odin trains on; choose the mode with `experiments/odin.py:local,discovery_mode=target` so
+that the evaluator follows it); its pictures (`<workdir>/pictures/discovery_<step>.png`, the same
 validation images every time) show the cycle at every `eval_every_steps`.
 """
 
@@ -24,9 +25,12 @@ BACKBONES = ("resnet50", "vit_b8")
 
 
 def get_config(arg: str | None = None):
-    args = parse_arg(arg, variant="local", epochs=1000, backbone="resnet50", num_clusters=8)
+    args = parse_arg(
+        arg, variant="local", epochs=1000, backbone="resnet50", num_clusters=8, discovery_mode="ema"
+    )
     config = base_config("odin", args.variant)
     config.method_kwargs.num_clusters = args.num_clusters
+    config.method_kwargs.discovery_mode = args.discovery_mode
     config.data.discovery_view = True
     config.augment.view0 = "none"  # the discovery view is not photometrically augmented
     config.loss.temperature = 0.1
@@ -40,8 +44,10 @@ def get_config(arg: str | None = None):
     else:
         # Discovery view at the views' 48 px (a 6x6 grid): a 64 px one (8x8) costs 1.8x a
         # view's forward pass. `--config.data.discovery_image_size=64` for a finer grid.
-        config.method_kwargs.num_clusters = args.num_clusters
         config.eval_every_steps = 100
-        config.evals.discovery.network = "discovery"
+        # The network whose k-means makes the masks (the target itself in `target` mode).
+        config.evals.discovery.network = (
+            "target" if args.discovery_mode == "target" else "discovery"
+        )
     config.lock()
     return config

@@ -380,3 +380,18 @@ def test_evaluate_command_restores_a_checkpoint_and_writes_results(data_dir, sup
         evaluate.restore_state(byol, supervised_workdir)
     with pytest.raises(evaluate.NoCheckpointError):
         evaluate.restore_state(_supervised_config(data_dir), supervised_workdir, step=3)
+
+
+def test_evaluating_a_network_the_model_lacks_names_the_ones_it_has():
+    import types
+
+    from common.eval.features import network_variables
+
+    state = types.SimpleNamespace(
+        params={"online": {}, "classifier": {}}, ema_params={"target": {}}, batch_stats={}
+    )
+    assert network_variables(state, "target")["params"] == {}
+    with pytest.raises(
+        ValueError, match=r"'discovery' is not in this model; it has \['online', 'target'\]"
+    ):
+        network_variables(state, "discovery")

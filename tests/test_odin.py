@@ -227,6 +227,17 @@ def test_frozen_and_cosine_discovery_rates(data_dir):  # noqa: F811
     assert float(cosine.method.tau("discovery", 100, 100)) == pytest.approx(1.0)
 
 
+def test_target_mode_has_no_discovery_network_and_evaluates_the_target():
+    from experiments import odin as odin_config
+    from odin.method import Odin
+
+    config = odin_config.get_config("local,discovery_mode=target")
+    assert config.evals.discovery.network == "target"
+    method = Odin(config)
+    assert method.ema_networks == {"target": "online"}
+    assert sorted(method.build_networks()) == ["online", "target"]
+
+
 def test_bad_discovery_mode_is_a_clear_error(data_dir):  # noqa: F811
     with pytest.raises(ValueError, match="discovery_mode must be one of"):
         _odin_setup(data_dir, **{"method_kwargs.discovery_mode": "sometimes"})

@@ -24,6 +24,13 @@ def network_variables(state, network: str = "online") -> dict:
     """Params and BatchNorm statistics of `network` from a train state (trainable or EMA)."""
     params = state.params.get(network)
     if params is None:
+        if network not in state.ema_params:
+            known = sorted(set(state.params) - {"classifier"} | set(state.ema_params))
+            raise ValueError(
+                f"evaluator network {network!r} is not in this model; it has {known} "
+                "(e.g. Odin with discovery_mode=target has no 'discovery' network: evaluate "
+                "'target')"
+            )
         params = state.ema_params[network]
     return {"params": params, "batch_stats": state.batch_stats.get(network, {})}
 
