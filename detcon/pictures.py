@@ -2,13 +2,7 @@
 
 During training (`--config.pictures_every_steps=N`) the trainer calls `DetConB/DetConS
 .save_pictures`, which writes `<workdir>/pictures/step_<step>.png`. On demand, for the latest
-checkpoint of a workdir (or a fresh initialisation when it has none):
-
-    python -m detcon.pictures --config experiments/detcon_b.py:local --workdir DIR [--config.x=y]
-
-The command reads the batch that training used for the restored step and the rng the trainer's
-hook uses, so its picture equals the one training wrote at that step. It writes
-`<workdir>/pictures/step_<step>_on_demand.png` unless `--out` says otherwise.
+checkpoint of a workdir, `python -m common.pictures` (any method) draws the same picture.
 
 One row per image (the first `num_images` of the batch), eight panels:
   view 1 | ids 1 | sampled 1 | features 1 | view 2 | ids 2 | sampled 2 | features 2
@@ -30,7 +24,6 @@ from __future__ import annotations
 
 import colorsys
 import math
-import os
 from collections import Counter
 from collections.abc import Mapping
 from typing import Any
@@ -247,64 +240,3 @@ def save(
     )
     figure.save(path, format="PNG")
     return True
-
-
-# ---------------------------------------------------------------------------------------------
-# The on-demand command.
-
-
-def pictures_for_workdir(config, workdir: str, out: str | None = None) -> str:
-    """Restores the latest checkpoint of `workdir` (fresh init if none) and writes its picture.
-
-    Uses the batch that training consumed at the restored step (batch `step - 1` of the stream,
-    batch 0 for a fresh init) and the trainer's picture rng, `fold_in(PRNGKey(seed + 1), step)`
-    (`common.train.save_pictures`), so the result equals the trainer's picture of that step.
-
-    Returns:
-      The path of the PNG.
-    """
-    from common import checkpoint, train
-    from common.data import loading
-    from common.method import Networks
-
-    num_examples = loading.ensure_dataset(config.data)
-    setup = train.build(config, num_examples)
-    state = jax.jit(lambda r: train.init_state(setup, r))(train.init_rng(config.seed))
-    ckpt = checkpoint.Checkpointer(workdir, keep=config.checkpoint.keep, async_save=False)
-    latest = ckpt.latest_step()
-    if latest is not None:
-        state = ckpt.restore(latest, state, checkpoint.model_signature(config, state))
-    ckpt.close()
-    step = int(state.step)
-    host_batch = next(train.make_data_iterator(config, max(step - 1, 0)))
-    nets = Networks(
-        setup.modules, {**state.params, **state.ema_params}, state.batch_stats, train=False
-    )
-    if out is None:
-        os.makedirs(os.path.join(workdir, "pictures"), exist_ok=True)
-        out = os.path.join(workdir, "pictures", f"step_{step:07d}_on_demand.png")
-    rng = jax.random.fold_in(jax.random.PRNGKey(config.seed + 1), step)
-    if not setup.method.save_pictures(nets, host_batch, rng, out):
-        raise ValueError(f"method {config.method!r} draws no pictures")
-    return out
-
-
-def _cli(argv):
-    del argv
-    from absl import flags
-
-    path = pictures_for_workdir(flags.FLAGS.config, flags.FLAGS.workdir, flags.FLAGS.out)
-    print(f"pictures: {path}", flush=True)
-
-
-if __name__ == "__main__":
-    from absl import app, flags
-    from ml_collections import config_flags
-
-    config_flags.DEFINE_config_file("config", None, "experiments/detcon_<b|s>.py:<variant>")
-    flags.DEFINE_string("workdir", None, "workdir of a run (latest checkpoint; fresh init if none)")
-    flags.DEFINE_string(
-        "out", None, "PNG path (default: <workdir>/pictures/step_<k>_on_demand.png)"
-    )
-    flags.mark_flags_as_required(["config", "workdir"])
-    app.run(_cli)

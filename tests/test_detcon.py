@@ -488,7 +488,7 @@ def test_pictures_during_training_and_on_demand(learned_run):
     # On demand, from the workdir's latest checkpoint: the batch and rng of the trainer's
     # picture of that step, so the same picture.
     args = [
-        sys.executable, "-m", "detcon.pictures",
+        sys.executable, "-m", "common.pictures",
         f"--config={os.path.join(helpers.REPO, 'experiments', 'detcon_b.py')}:local",
         f"--workdir={workdir}",
     ]  # fmt: skip

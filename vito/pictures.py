@@ -7,7 +7,7 @@ map), so a learned head shows which parts of the frame it finds stable across ti
 distinctive; at initialisation (zero logit layer) every map is uniform.
 
 Written by the trainer every `pictures_every_steps`, or on demand for a run's latest checkpoint:
-    python -m vito.pictures --config experiments/vito.py:local --workdir DIR [--out PNG]
+    python -m common.pictures --config experiments/vito.py:local --workdir DIR [--out PNG]
 """
 
 from __future__ import annotations
@@ -87,27 +87,3 @@ def save(nets, batch: Mapping[str, np.ndarray], path: str, *, scales: Sequence[s
     maps2 = attention_maps(nets, v2, scales)
     render(v1, v2, maps1, maps2, scales).save(path)
     return True
-
-
-def _cli(argv):
-    del argv
-    from absl import flags
-
-    # The on-demand picture of any method (the trainer's picture of the restored step).
-    from detcon.pictures import pictures_for_workdir
-
-    path = pictures_for_workdir(flags.FLAGS.config, flags.FLAGS.workdir, flags.FLAGS.out)
-    print(f"pictures: {path}", flush=True)
-
-
-if __name__ == "__main__":
-    from absl import app, flags
-    from ml_collections import config_flags
-
-    config_flags.DEFINE_config_file("config", None, "experiments/vito.py:<variant>")
-    flags.DEFINE_string("workdir", None, "workdir of a run (latest checkpoint; fresh init if none)")
-    flags.DEFINE_string(
-        "out", None, "PNG path (default: <workdir>/pictures/step_<k>_on_demand.png)"
-    )
-    flags.mark_flags_as_required(["config", "workdir"])
-    app.run(_cli)
