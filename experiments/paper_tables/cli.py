@@ -1,0 +1,37 @@
+"""The command line every table shares: `--quick`, `--workdir`, `--seed`; timing and writing."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+from experiments.paper_tables import report
+
+
+def run_table(
+    name: str,
+    title: str,
+    build: Callable[[bool, str, int], str],
+    argv: Sequence[str] | None = None,
+) -> str:
+    """Parses the table command's flags, builds the table's markdown body with
+    `build(quick, workdir_root, seed)`, prepends the provenance header and writes
+    `experiments/paper_tables/results/<name>[_quick].md`. Returns the written path."""
+    argv = list(sys.argv if argv is None else argv)
+    parser = argparse.ArgumentParser(prog=f"python -m experiments.paper_tables.{name}")
+    parser.add_argument(
+        "--quick", action="store_true", help="the small budget (at most 10 min on 2 CPU cores)"
+    )
+    parser.add_argument(
+        "--workdir",
+        default="workdirs/paper_tables",
+        help="root of the runs' workdirs; finished runs found there are reused",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv[1:])
+    start = time.perf_counter()
+    body = build(args.quick, args.workdir, args.seed)
+    text = report.header(title, argv, time.perf_counter() - start) + "\n" + body
+    return report.write(name, text, args.quick)

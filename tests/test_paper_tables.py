@@ -1,0 +1,108 @@
+"""The paper tables' machinery: equal budgets across rows, the efficiency gain, the markdown.
+
+The table commands themselves train several methods for minutes each; they are run by hand and
+their results committed (experiments/paper_tables/results/), not in CI.
+"""
+
+import json
+import math
+
+import pytest
+
+from experiments.paper_tables import (
+    budgets,
+    detcon_efficiency,
+    object_comparison,
+    odin_discovery,
+    report,
+    runs,
+    vito_video,
+)
+
+
+def test_steps_to_reach_interpolates_the_crossing():
+    curve = [(100, 0.2), (200, 0.4), (300, 0.5)]
+    # 0.3 lies halfway between the evaluations at 100 and 200 steps.
+    assert runs.steps_to_reach(curve, 0.3) == pytest.approx(150.0)
+    assert runs.steps_to_reach(curve, 0.5) == pytest.approx(300.0)
+    assert runs.steps_to_reach(curve, 0.1) == 100.0  # met at the first evaluation
+    assert runs.steps_to_reach(curve, 0.6) is None
+
+
+def test_efficiency_gain_as_in_the_paper():
+    byol = [(100, 0.2), (200, 0.3), (300, 0.35), (600, 0.5)]
+    # DetCon at 200 steps scores 0.35: BYOL needs 300 steps, 1.5x.
+    assert runs.efficiency_gain(byol, 200, 0.35) == (pytest.approx(1.5), True)
+    # A score BYOL never reaches within 600 steps: a lower bound of 600 / 200 = 3 ("> 3x").
+    assert runs.efficiency_gain(byol, 200, 0.9) == (pytest.approx(3.0), False)
+    assert report.gain(3.0, False) == "> 3.0x"
+    assert report.gain(1.5, True) == "1.5x"
+
+
+def _budget_fields(config):
+    return (
+        config.total_steps,
+        config.batch_size,
+        config.seed,
+        config.data.image_size,
+        config.model.backbone,
+        json.dumps(config.model.to_dict()["backbone_kwargs"], sort_keys=True),
+    )
+
+
+@pytest.mark.parametrize("quick", [True, False])
+def test_every_row_of_a_table_gets_the_same_compute(quick):
+    tables = {
+        "efficiency": ([detcon_efficiency.BYOL, detcon_efficiency.DETCON_B],
+                       detcon_efficiency.budget(quick, 0)[0]),
+        "comparison": (list(object_comparison.RUNS), object_comparison.budget(quick, 0)),
+        "discovery": ([odin_discovery.DETCON_B, odin_discovery.SUPERVISED, odin_discovery.ODIN],
+                      odin_discovery.budget(quick, 0)),
+        "vito": ([vito_video.MOCLR_IMAGES, vito_video.MOCLR_FRAMES, vito_video.VITO],
+                 vito_video.budget(quick, 0)),
+    }  # fmt: skip
+    for name, (rows, budget) in tables.items():
+        configs = [runs.configure(run, budget) for run in rows]
+        fields = {_budget_fields(c) for c in configs}
+        assert len(fields) == 1, (name, fields)
+        assert configs[0].total_steps == budget.steps
+        for config in configs:
+            assert set(config.evals) == set(budget.evals), name
+            assert config.eval_every_steps == budget.eval_every_steps
+            if config.optimizer.name == "lars":
+                assert config.optimizer.base_lr == budgets.LARS_BASE_LR
+            # Identical evaluator options across rows, dataset and network aside.
+            for evaluator in budget.evals:
+                ours = config.evals[evaluator].to_dict()
+                first = configs[0].evals[evaluator].to_dict()
+                for key in set(ours) - {"dataset", "network"}:
+                    assert ours[key] == first[key], (name, evaluator, key)
+    odin = runs.configure(odin_discovery.ODIN, odin_discovery.budget(False, 0, network="discovery"))
+    assert odin.evals.discovery.network == "discovery"
+
+
+def test_configs_are_cached_by_content(tmp_path):
+    budget = object_comparison.budget(True, 0)
+    byol = runs.configure(object_comparison.RUNS[1], budget)
+    again = runs.configure(object_comparison.RUNS[1], budget)
+    other_seed = runs.configure(object_comparison.RUNS[1], object_comparison.budget(True, 1))
+    assert runs.run_key(byol) == runs.run_key(again) != runs.run_key(other_seed)
+    path = runs.workdir_of(str(tmp_path), object_comparison.RUNS[3], byol)
+    assert path.startswith(str(tmp_path / "detcon_b_"))
+
+
+def test_a_mistyped_override_is_an_error():
+    run = runs.Run("x", "experiments/byol.py:local", (("optimizer.base_lrr", 1.0),))
+    with pytest.raises(KeyError, match="optimizer.base_lrr"):
+        runs.configure(run, object_comparison.budget(True, 0))
+    with pytest.raises(ValueError, match="experiments/<name>.py"):
+        runs.load_config("byol:local")
+
+
+def test_markdown_table_and_percent():
+    text = report.table(["a", "b"], [["x", report.pct(0.1234)], ["y", report.pct(None)]])
+    assert text.splitlines() == ["| a | b |", "| --- | --- |", "| x | 12.3 |", "| y | - |"]
+    assert not math.isnan(float(report.pct(0.5)))
+    head = report.header("T", ["/x/experiments/paper_tables/odin_discovery.py", "--quick"], 90)
+    assert "`python -m experiments.paper_tables.odin_discovery --quick`" in head
+    assert "1.5 min" in head
