@@ -116,3 +116,90 @@ def relative_difference(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> f
     assert a.keys() == b.keys()
     diff = max(float(np.abs(a[k] - b[k]).max()) for k in b)
     return diff / max(float(np.abs(b[k]).max()) for k in b)
+
+
+# --------------------------------------------------------------------------------------------
+# Haiku references for the ResNet (tests/test_backbones.py, tests/test_export.py)
+
+HAIKU_COUNTER = 1000  # EMA counter large enough that Haiku's zero-debiasing divides by 1.
+
+
+def haiku_resnet_features(resnet_kwargs):
+    """hk.transform_with_state of Haiku's own ResNet, returning its pre-pool maps per group.
+
+    hk.nets.ResNet always mean-pools and applies logits; calling its submodules (built in its
+    constructor, so they carry the real parameter names) in the order of ResNet.__call__ gives
+    the dense maps with Haiku's own code for every conv, BN and block.
+    """
+    import haiku as hk
+    import jax
+
+    def forward(x, is_training):
+        net = hk.nets.ResNet(num_classes=10, **resnet_kwargs)
+        out = net.initial_conv(x)
+        if not net.resnet_v2:
+            out = jax.nn.relu(net.initial_batchnorm(out, is_training))
+        out = hk.max_pool(out, window_shape=(1, 3, 3, 1), strides=(1, 2, 2, 1), padding="SAME")
+        features = {}
+        for i, group in enumerate(net.block_groups):
+            out = group(out, is_training, False)
+            features[f"stage{i + 1}"] = out
+        if net.resnet_v2:
+            out = jax.nn.relu(net.final_batchnorm(out, is_training))
+        features["out"] = out
+        return features
+
+    return hk.transform_with_state(forward)
+
+
+def random_haiku_variables(fn, x, seed=0, *, batch_statistics=True):
+    """Haiku params and BN state that make a parity test meaningful.
+
+    Every BN scale/offset is random (the zero-initialised ones included), and the moving
+    averages are the batch statistics of `x` (one Haiku training step from init gives them
+    exactly, thanks to the debiasing) perturbed by noise, so inference mode differs from training
+    mode while activations stay O(1). `batch_statistics=False` draws the averages at random
+    instead (means N(0, 0.3), variances U(0.5, 2)) and compiles nothing: enough for a network of
+    a few blocks.
+    """
+    import jax
+
+    rng = np.random.default_rng(seed)
+    # Shapes only (no RNG compile); conv weights drawn like Haiku's fan-in variance scaling.
+    params, state = jax.eval_shape(lambda x: fn.init(jax.random.PRNGKey(0), x, True), x)
+    state = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), state)
+    params = {
+        module: {
+            name: (
+                rng.uniform(0.5, 1.5, v.shape) if name == "scale"
+                else rng.normal(0.0, 0.2, v.shape) if name == "offset"
+                else rng.normal(0.0, 1.0, v.shape) / np.sqrt(np.prod(v.shape[:-1]))
+            ).astype(np.float32)
+            for name, v in leaves.items()
+        }
+        for module, leaves in params.items()
+    }  # fmt: skip
+    if not batch_statistics:
+        return params, {
+            module: {
+                "average": avg,
+                "hidden": avg,
+                "counter": np.int32(HAIKU_COUNTER),
+            }
+            for module, leaves in state.items()
+            for avg in [
+                (rng.normal(0.0, 0.3, leaves["average"].shape) if module.endswith("mean_ema")
+                 else rng.uniform(0.5, 2.0, leaves["average"].shape)).astype(np.float32)
+            ]
+        }  # fmt: skip
+    _, state = jax.jit(fn.apply, static_argnums=4)(params, state, None, x, True)
+    noisy = {}
+    for module, leaves in state.items():
+        avg = np.asarray(leaves["average"])
+        if module.endswith("mean_ema"):
+            avg = avg + rng.normal(0.0, 0.1, avg.shape) * np.abs(avg).mean()
+        else:
+            avg = avg * rng.uniform(0.7, 1.4, avg.shape)
+        avg = avg.astype(np.float32)
+        noisy[module] = {"average": avg, "hidden": avg, "counter": np.int32(HAIKU_COUNTER)}
+    return params, noisy

@@ -5,7 +5,6 @@ is the reason the backbone exists in this form: DeepMind's Haiku checkpoints mus
 features in our Flax ResNet.
 """
 
-import haiku as hk
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,8 +15,9 @@ from jax.sharding import PartitionSpec as P
 from common.backbones import BACKBONE_NAMES, ResNet, ViT, get_backbone, haiku_import
 from common.backbones.resnet import BlockV1
 from common.backbones.vit import resize_pos_embed
-
-HAIKU_COUNTER = 1000  # EMA counter large enough that Haiku's zero-debiasing divides by 1.
+from tests.helpers import HAIKU_COUNTER
+from tests.helpers import haiku_resnet_features as _haiku_features
+from tests.helpers import random_haiku_variables as _random_haiku_variables
 
 
 # Everything runs under jit (eager Flax/Haiku compiles every primitive separately), and inits use
@@ -134,68 +134,6 @@ def test_zero_init_follows_haiku():
 
 # --------------------------------------------------------------------------------------------
 # Haiku parity
-
-
-def _haiku_features(resnet_kwargs):
-    """hk.transform_with_state of Haiku's own ResNet, returning its pre-pool maps per group.
-
-    hk.nets.ResNet always mean-pools and applies logits; calling its submodules (built in its
-    constructor, so they carry the real parameter names) in the order of ResNet.__call__ gives
-    the dense maps with Haiku's own code for every conv, BN and block.
-    """
-
-    def forward(x, is_training):
-        net = hk.nets.ResNet(num_classes=10, **resnet_kwargs)
-        out = net.initial_conv(x)
-        if not net.resnet_v2:
-            out = jax.nn.relu(net.initial_batchnorm(out, is_training))
-        out = hk.max_pool(out, window_shape=(1, 3, 3, 1), strides=(1, 2, 2, 1), padding="SAME")
-        features = {}
-        for i, group in enumerate(net.block_groups):
-            out = group(out, is_training, False)
-            features[f"stage{i + 1}"] = out
-        if net.resnet_v2:
-            out = jax.nn.relu(net.final_batchnorm(out, is_training))
-        features["out"] = out
-        return features
-
-    return hk.transform_with_state(forward)
-
-
-def _random_haiku_variables(fn, x, seed=0):
-    """Haiku params and BN state that make a parity test meaningful.
-
-    Every BN scale/offset is random (the zero-initialised ones included), and the moving
-    averages are the batch statistics of `x` (one Haiku training step from init gives them
-    exactly, thanks to the debiasing) perturbed by noise, so inference mode differs from training
-    mode while activations stay O(1).
-    """
-    rng = np.random.default_rng(seed)
-    # Shapes only (no RNG compile); conv weights drawn like Haiku's fan-in variance scaling.
-    params, state = jax.eval_shape(lambda x: fn.init(jax.random.PRNGKey(0), x, True), x)
-    state = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), state)
-    params = {
-        module: {
-            name: (
-                rng.uniform(0.5, 1.5, v.shape) if name == "scale"
-                else rng.normal(0.0, 0.2, v.shape) if name == "offset"
-                else rng.normal(0.0, 1.0, v.shape) / np.sqrt(np.prod(v.shape[:-1]))
-            ).astype(np.float32)
-            for name, v in leaves.items()
-        }
-        for module, leaves in params.items()
-    }  # fmt: skip
-    _, state = jax.jit(fn.apply, static_argnums=4)(params, state, None, x, True)
-    noisy = {}
-    for module, leaves in state.items():
-        avg = np.asarray(leaves["average"])
-        if module.endswith("mean_ema"):
-            avg = avg + rng.normal(0.0, 0.1, avg.shape) * np.abs(avg).mean()
-        else:
-            avg = avg * rng.uniform(0.7, 1.4, avg.shape)
-        avg = avg.astype(np.float32)
-        noisy[module] = {"average": avg, "hidden": avg, "counter": np.int32(HAIKU_COUNTER)}
-    return params, noisy
 
 
 def _flax_stats_from_haiku_state(state, prefix):

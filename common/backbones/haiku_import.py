@@ -24,6 +24,8 @@ checkpoint trained more than ~200 steps. On export we write `hidden = average` a
 
 from __future__ import annotations
 
+import os
+import pickle
 from collections.abc import Mapping
 from typing import Any
 
@@ -186,37 +188,133 @@ def flax_to_haiku(
     return params, state
 
 
+# Field order of the NamedTuples DeepMind's trainers pickle as their experiment state. Pickle
+# stores a NamedTuple as its class's import path plus its values in order, without field names;
+# when the class cannot be imported here (the `byol` package is not a dependency) the names come
+# from this table.
+KNOWN_EXPERIMENT_STATES = {
+    # byol/byol_experiment.py: byol.utils.checkpointing pickles (with dill, protocol 2)
+    # {'experiment_state': _ByolExperimentState(...), 'step': int, 'rng': array}.
+    "_ByolExperimentState": (
+        "online_params", "target_params", "online_state", "target_state", "opt_state",
+    ),
+}  # fmt: skip
+
+
+class MissingClass:
+    """Stands in for a class or function a pickle names but this environment cannot import.
+
+    Unpickling builds it with whatever the pickle passes (`args`, and `state` from
+    `__setstate__`), so the arrays inside a checkpoint stay readable without the code that wrote
+    it (DeepMind's `byol` package, optax/jax classes of another version, ...).
+    """
+
+    pickled_module = ""
+
+    def __new__(cls, *args, **kwargs):
+        obj = object.__new__(cls)
+        obj.args, obj.kwargs, obj.state = args, kwargs, None
+        return obj
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state):
+        self.state = state
+
+    def __repr__(self):
+        return f"<unimportable {self.pickled_module}.{type(self).__name__}>"
+
+
+class _LenientUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        try:
+            return super().find_class(module, name)
+        except (ImportError, AttributeError):
+            return type(name, (MissingClass,), {"pickled_module": module})
+
+
+def _unpickle(f) -> Any:
+    return _LenientUnpickler(f, encoding="latin1").load()
+
+
+def _read_checkpoint_file(path: str) -> Any:
+    with open(path, "rb") as f:
+        if f.read(6) != b"\x93NUMPY":  # np.save's magic string; anything else is a pickle
+            f.seek(0)
+            return _unpickle(f)
+        f.seek(0)
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            _, _, dtype = np.lib.format.read_array_header_1_0(f)
+        else:
+            _, _, dtype = np.lib.format.read_array_header_2_0(f)
+        if not dtype.hasobject:
+            raise ValueError(f"{path} holds a plain {dtype} array, not a pickled checkpoint dict")
+        tree = _unpickle(f)  # np.save writes object arrays as one pickle after the header
+    if isinstance(tree, np.ndarray) and tree.dtype == object and tree.shape == ():
+        tree = tree.item()
+    return tree
+
+
+def _as_mapping(obj: Any, what: str) -> Mapping:
+    if isinstance(obj, Mapping):
+        return obj
+    if hasattr(obj, "_asdict"):  # the NamedTuple itself (its package is importable)
+        return dict(obj._asdict())
+    if isinstance(obj, MissingClass):
+        fields = KNOWN_EXPERIMENT_STATES.get(type(obj).__name__)
+        if fields is not None and len(obj.args) == len(fields):
+            return dict(zip(fields, obj.args))
+        raise ValueError(
+            f"{what} is a {obj!r} with {len(obj.args)} values whose field names are unknown; "
+            f"install the package that defines it, or add its fields to KNOWN_EXPERIMENT_STATES"
+        )
+    if hasattr(obj, "__dict__"):
+        return vars(obj)
+    raise ValueError(f"{what} is a {type(obj).__name__}, not a dict of Haiku modules")
+
+
 def load_haiku_checkpoint(
     path: str, *, network: str = "online"
 ) -> tuple[dict[str, dict], dict[str, dict]]:
-    """Loads a Haiku checkpoint saved with `np.save` (pickled dict) or `pickle`.
+    """Loads a Haiku checkpoint saved with `np.save` (pickled dict) or `pickle`/`dill`.
 
-    The layout of DeepMind's released `.npy` files was not verified here, so this accepts the
-    likely ones: `{'<network>_params', '<network>_state', ...}` (BYOL/DetCon experiment state),
-    `{'params', 'state'}`, or a flat dict of Haiku modules (params and state mixed).
+    Accepted layouts (the first that matches):
+
+    * BYOL's checkpoint (`byol.utils.checkpointing`, e.g. the released `pretrain_res50x1.pkl`):
+      `{'experiment_state': _ByolExperimentState(online_params, target_params, online_state,
+      target_state, opt_state), 'step', 'rng'}`. The `byol` package is not needed: classes that
+      cannot be imported are read as `MissingClass` and the experiment state's fields are named
+      from `KNOWN_EXPERIMENT_STATES`.
+    * `{'<network>_params', '<network>_state', ...}` (an experiment state as a dict);
+    * `{'params', 'state'}`;
+    * a flat dict of Haiku modules, params and state mixed (what DetCon's released
+      `resnet50_detcon_b_imagenet_1k.npy` is read as when it has neither of the above: its
+      exact layout could not be checked offline, so every likely one is accepted).
 
     Args:
-      path: `.npy` / `.npz`-free pickle path.
+      path: a `.npy` written by `np.save` of a dict, or a pickle (`.pkl`, dill protocol 2).
       network: which network of an experiment state to take (`'online'` or `'target'`).
 
     Returns:
       `(params, state)` flat Haiku dicts, for `haiku_to_flax`.
-    """
-    if path.endswith(".npy"):
-        tree = np.load(path, allow_pickle=True)
-        if isinstance(tree, np.ndarray) and tree.dtype == object and tree.shape == ():
-            tree = tree.item()
-    else:
-        import pickle
 
-        with open(path, "rb") as f:
-            tree = pickle.load(f)
-    if not isinstance(tree, Mapping):
-        # e.g. a NamedTuple experiment state
-        tree = dict(tree._asdict()) if hasattr(tree, "_asdict") else vars(tree)
+    Raises:
+      FileNotFoundError: no such file.
+      ValueError: a file that holds no such layout, or an experiment state without `network`.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Haiku checkpoint {path} does not exist")
+    tree = _as_mapping(_read_checkpoint_file(path), path)
+    if "experiment_state" in tree:
+        tree = _as_mapping(tree["experiment_state"], f"{path}: experiment_state")
     for p_key, s_key in ((f"{network}_params", f"{network}_state"), ("params", "state")):
         if p_key in tree:
             return dict(tree[p_key]), dict(tree.get(s_key) or {})
+    if any(k.endswith("_params") for k in tree):
+        networks = sorted(k[: -len("_params")] for k in tree if k.endswith("_params"))
+        raise ValueError(f"{path} has no network {network!r}; it has {networks}")
     return split_params_and_state(tree)
 
 
