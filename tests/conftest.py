@@ -11,3 +11,17 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+# One persistent XLA compilation cache for the session, shared with the trainer subprocesses
+# (they inherit this environment): the CLI tests run the same tiny configs several times (a
+# reference run, a killed run and its resumption, ...), and on XLA:CPU compiling is most of a
+# tiny run's time. Executables are keyed by the HLO, the devices and the flags, so a cached one
+# is the one that would have been compiled.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+
+    _cache_dir = tempfile.mkdtemp(prefix="jax_cache_")
+    atexit.register(shutil.rmtree, _cache_dir, ignore_errors=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache_dir
