@@ -48,6 +48,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from common.data import fh_masks
+from common.data.shards import Shard, plan_shards
 
 DEFAULT_THRESHOLD = 0.5  # [DEFAULT]: the paper's threshold is unknown
 DEFAULT_NUM_FRAMES = 100  # the talk: "the first 100 frames"
@@ -183,21 +184,6 @@ class Job:
     class_map: tuple[int, ...] | None  # dataset label -> classifier class
 
 
-@dataclasses.dataclass(frozen=True)
-class Shard:
-    split: str
-    start: int
-    end: int
-
-
-def plan_shards(sizes: dict[str, int], records_per_shard: int) -> list[Shard]:
-    return [
-        Shard(split, s, min(s + records_per_shard, n))
-        for split, n in sizes.items()
-        for s in range(0, n, records_per_shard)
-    ]
-
-
 def _source(job: Job) -> tfds.core.DatasetBuilder:
     return tfds.builder_from_directory(job.source_dir)
 
@@ -217,7 +203,7 @@ def score_shard(job: Job, shard: Shard, classifier: Callable) -> Iterator[dict]:
     builder = _source(job)
     decoders = fh_masks._skip_decoders(builder.info.features[job.video_key])
     ds = builder.as_dataset(
-        split=f"{shard.split}[{shard.start}:{shard.end}]",
+        split=shard.tfds_split,
         decoders={job.video_key: decoders} if decoders else None,
         shuffle_files=False,
         read_config=tfds.ReadConfig(interleave_cycle_length=1, add_tfds_id=True),
@@ -289,7 +275,7 @@ def _kept_records(shard: Shard, job: Job, kept: frozenset) -> Iterator[tuple[str
     builder = _source(job)
     features = builder.info.features
     ds = builder.as_dataset(
-        split=f"{shard.split}[{shard.start}:{shard.end}]",
+        split=shard.tfds_split,
         decoders=fh_masks._skip_decoders(features),
         shuffle_files=False,
         read_config=tfds.ReadConfig(interleave_cycle_length=1),

@@ -67,6 +67,8 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from common.data import segmentation, tfds_compat
+from common.data import shards as shard_ranges
+from common.data.shards import Shard
 
 del tfds_compat  # imported for its fix to TFDS (see the module)
 
@@ -79,19 +81,6 @@ _FORMAT_VERSION = 1  # of the work-directory shard files
 # ---------------------------------------------------------------------------------------------
 # Jobs and shards: everything a (possibly remote) worker needs, picklable.
 # ---------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Shard:
-    """Records `[start, end)` of one split of the source."""
-
-    split: str
-    start: int
-    end: int
-
-    @property
-    def file_name(self) -> str:
-        return f"{self.split}-{self.start:010d}-{self.end:010d}.npz"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,13 +109,7 @@ def plan_shards(
     split_sizes: dict[str, int], records_per_shard: int = DEFAULT_RECORDS_PER_SHARD
 ) -> list[Shard]:
     """Cuts every split into consecutive ranges of `records_per_shard` records."""
-    if records_per_shard < 1:
-        raise ValueError(f"records_per_shard must be positive, got {records_per_shard}")
-    shards = []
-    for split, size in split_sizes.items():
-        for start in range(0, size, records_per_shard):
-            shards.append(Shard(split, start, min(start + records_per_shard, size)))
-    return shards
+    return shard_ranges.plan_shards(split_sizes, records_per_shard)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,7 +169,7 @@ def read_records(job: FhJob, shard: Shard) -> Iterator[tuple[int, dict]]:
     builder = _source_builder(job)
     decoders = _skip_decoders(builder.info.features)
     dataset = builder.as_dataset(
-        split=f"{shard.split}[{shard.start}:{shard.end}]",
+        split=shard.tfds_split,
         decoders=decoders,
         shuffle_files=False,
         # One file at a time: records come in split order, so record i is index start + i.
