@@ -32,11 +32,14 @@ def test_steps_to_reach_interpolates_the_crossing():
 def test_efficiency_gain_as_in_the_paper():
     byol = [(100, 0.2), (200, 0.3), (300, 0.35), (600, 0.5)]
     # DetCon at 200 steps scores 0.35: BYOL needs 300 steps, 1.5x.
-    assert runs.efficiency_gain(byol, 200, 0.35) == (pytest.approx(1.5), True)
+    assert runs.efficiency_gain(byol, 200, 0.35) == (pytest.approx(1.5), "exact")
     # A score BYOL never reaches within 600 steps: a lower bound of 600 / 200 = 3 ("> 3x").
-    assert runs.efficiency_gain(byol, 200, 0.9) == (pytest.approx(3.0), False)
-    assert report.gain(3.0, False) == "> 3.0x"
-    assert report.gain(1.5, True) == "1.5x"
+    assert runs.efficiency_gain(byol, 200, 0.9) == (pytest.approx(3.0), "more")
+    # A score BYOL already has at its first evaluation (100 steps): at most 100 / 200.
+    assert runs.efficiency_gain(byol, 200, 0.1) == (pytest.approx(0.5), "at_most")
+    assert report.gain(3.0, "more") == "> 3.0x"
+    assert report.gain(1.5, "exact") == "1.5x"
+    assert report.gain(0.5, "at_most") == "<= 0.5x"
 
 
 def _budget_fields(config):

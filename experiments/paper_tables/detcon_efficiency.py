@@ -68,9 +68,9 @@ def build(quick: bool, root: str, seed: int) -> str:
         rows.append(row)
     for key, name in METRICS:
         target = detcon[short][key]
-        value, exact = runs.efficiency_gain(runs.curve(byol, key), short, target)
-        gains += [report.gain(value, exact), ""]
-        agree.append((name, value, exact, detcon[b.steps][key] > byol[b.steps][key]))
+        value, kind = runs.efficiency_gain(runs.curve(byol, key), short, target)
+        gains += [report.gain(value, kind), ""]
+        agree.append((name, value, kind, detcon[b.steps][key] > byol[b.steps][key]))
     rows.append(gains)
     curves = [f"BYOL along its run ({', '.join(str(s) for s in byol)} steps):"]
     for key, name in METRICS:
@@ -85,10 +85,11 @@ def build(quick: bool, root: str, seed: int) -> str:
         "\n".join(curves) + "\n",
         "Agreement with the paper (DetCon_B more efficient than BYOL, better at both budgets):\n",
     ]
-    for name, value, exact, better_long in agree:
-        verdict = "agrees" if (value > 1 or not exact) and better_long else "does not agree"
+    for name, value, kind, better_long in agree:
+        more_efficient = kind == "more" or (kind == "exact" and value > 1)
+        verdict = "agrees" if more_efficient and better_long else "does not agree"
         lines.append(
-            f"- {name}: gain {report.gain(value, exact)}, DetCon_B "
+            f"- {name}: gain {report.gain(value, kind)}, DetCon_B "
             f"{'above' if better_long else 'not above'} BYOL at {b.steps} steps: {verdict}."
         )
     return "\n".join(lines) + "\n"

@@ -74,8 +74,10 @@ def pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}"
 
 
-def gain(value: float, exact: bool) -> str:
-    return f"{value:.1f}x" if exact else f"> {value:.1f}x"
+def gain(value: float, kind: str) -> str:
+    """An efficiency gain as the paper prints it: `3.2x`, `> 3.0x` or `<= 1.0x`."""
+    prefix = {"exact": "", "more": "> ", "at_most": "<= "}[kind]
+    return f"{prefix}{value:.1f}x"
 
 
 def write(name: str, text: str, quick: bool) -> str:

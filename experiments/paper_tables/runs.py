@@ -191,15 +191,19 @@ def steps_to_reach(points: Sequence[tuple[int, float]], target: float) -> float 
 
 def efficiency_gain(
     baseline: Sequence[tuple[int, float]], method_step: int, method_score: float
-) -> tuple[float, bool]:
+) -> tuple[float, str]:
     """How many times more steps the baseline needs to reach the method's score at
     `method_step` (the papers' efficiency gain: epochs BYOL needs / epochs DetCon needs).
 
     Returns:
-      `(gain, exact)`: `exact` is False when the baseline never reaches the score within its
-      curve, and the gain is then the lower bound `last baseline step / method_step` ("> x").
+      `(gain, kind)`: kind `"exact"` (the crossing lies between two evaluations), `"more"` (the
+      baseline never reaches the score: the gain is more than `last baseline step /
+      method_step`) or `"at_most"` (the baseline already meets it at its first evaluation: the
+      gain is at most `first step / method_step`).
     """
     steps = steps_to_reach(baseline, method_score)
     if steps is None:
-        return baseline[-1][0] / method_step, False
-    return steps / method_step, True
+        return baseline[-1][0] / method_step, "more"
+    if steps == baseline[0][0]:
+        return steps / method_step, "at_most"
+    return steps / method_step, "exact"
