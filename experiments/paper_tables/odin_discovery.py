@@ -46,8 +46,11 @@ def build(quick: bool, root: str, seed: int) -> str:
         "DetCon_B": runs.train(DETCON_B, online, root)[online.steps],
         "Supervised": runs.train(SUPERVISED, online, root)[online.steps],
     }
-    odin_evals = runs.train(ODIN, budget(quick, seed, network="discovery"), root)
+    odin_budget = budget(quick, seed, network="discovery")
+    odin_evals = runs.train(ODIN, odin_budget, root)
     ours["Odin"] = odin_evals[online.steps]
+    # Step 0 of Odin's curve: its own discovery network before training.
+    odin_evals = {0: runs.evaluate_init(ODIN, odin_budget, root), **odin_evals}
     fh = runs.evaluate_init(DETCON_B, budget(quick, seed, segments="fh"), root)
     columns = ["pretraining", "paper ABO^i", "ABO^c", "OR", "ours ABO^i", "ABO^c", "OR"]
     rows = [
