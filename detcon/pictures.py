@@ -68,6 +68,16 @@ def id_colour(i: int) -> tuple[int, int, int]:
     return int(255 * r), int(255 * g), int(255 * b)
 
 
+def id_colours(ids: np.ndarray) -> np.ndarray:
+    """`id_colour` of every entry of an int id map `[...]` -> uint8 `[..., 3]` (-1: black).
+
+    The colours of the pictures, for drawing id maps elsewhere (the notebooks): an id has the
+    same colour in every map, so ids shared by two views match."""
+    ids = np.asarray(ids, np.int64)
+    table = np.asarray([id_colour(i) for i in range(-1, max(int(ids.max(initial=-1)), -1) + 1)])
+    return table.astype(np.uint8)[np.maximum(ids, -1) + 1]
+
+
 def _to_uint8(image: np.ndarray) -> np.ndarray:
     return (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
@@ -83,8 +93,7 @@ def _cells_to_pixels(grid: np.ndarray, cell: int, size: int, fill) -> np.ndarray
 
 
 def _ids_panel(grid: np.ndarray, cell: int, size: int, font) -> Image.Image:
-    colours = np.asarray([id_colour(int(i)) for i in grid.reshape(-1)], np.uint8)
-    pixels = _cells_to_pixels(colours.reshape(grid.shape + (3,)), cell, size, _NO_ID)
+    pixels = _cells_to_pixels(id_colours(grid), cell, size, _NO_ID)
     image = Image.fromarray(pixels)
     draw = ImageDraw.Draw(image)
     h, w = grid.shape
@@ -106,8 +115,7 @@ def _sampled_panel(
     view: np.ndarray, grid: np.ndarray, sampled: set[int], matched: set[int], cell: int
 ) -> Image.Image:
     size = view.shape[0]
-    colours = np.asarray([id_colour(int(i)) for i in grid.reshape(-1)], np.float32) / 255.0
-    colours = _cells_to_pixels(colours.reshape(grid.shape + (3,)), cell, size, 0.0)
+    colours = _cells_to_pixels(id_colours(grid).astype(np.float32) / 255.0, cell, size, 0.0)
     chosen = np.isin(grid, np.asarray(sorted(sampled) or [-2]))
     chosen_px = _cells_to_pixels(chosen, cell, size, False)[..., None]
     # Sampled cells: half view, half id colour; the rest: the view at a third of its brightness.

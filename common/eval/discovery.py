@@ -227,7 +227,7 @@ class DiscoveryEvaluator(Evaluator):
                 results["num_instances" if suffix == "i" else "num_class_masks"] = s[2]
         if first is not None and jax.process_index() == 0:
             host, pics = first
-            path = os.path.join(self.workdir, "pictures", f"discovery_{int(state.step)}.png")
+            path = picture_path(self.workdir, int(state.step))
             write_picture(path, host, pics, title=self._title())
         return results
 
@@ -240,6 +240,12 @@ class DiscoveryEvaluator(Evaluator):
 
 # ---------------------------------------------------------------------------------------------
 # Pictures (PIL + numpy).
+
+
+def picture_path(workdir: str, step: int) -> str:
+    """Where an evaluation of the state at `step` writes its picture (the latest evaluation of
+    that step wins: `common.evaluate --init` and a `segments=fh` run of step 0 share a path)."""
+    return os.path.join(workdir, "pictures", f"discovery_{int(step)}.png")
 
 
 def _palette(n: int, seed: int = 7) -> np.ndarray:
