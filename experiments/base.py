@@ -105,8 +105,10 @@ def base_config(method: str, variant: str) -> ml_collections.ConfigDict:
         c.compute_dtype = "bfloat16"
         c.log_every_steps = 100
         c.checkpoint.every_steps = 1000
+        from common.eval import evaluator_config
+
         c.evals = ml_collections.ConfigDict(
-            {"monitor": {"split": "validation", "batch_size": 1024}}
+            {"monitor": evaluator_config("monitor", batch_size=1024)}
         )
     elif variant == "local":
         # A few minutes on 2 CPU cores. XLA:CPU runs backward convolutions slowly (DESIGN.md), so
@@ -140,7 +142,7 @@ def base_config(method: str, variant: str) -> ml_collections.ConfigDict:
         # that the whole final evaluation stays well under a minute on 2 CPU cores.
         c.evals = ml_collections.ConfigDict(
             {
-                "monitor": {"split": "validation", "batch_size": 128},
+                "monitor": evaluator_config("monitor", batch_size=128),
                 # At the embedded images' own 64 px: an 8 x 8 feature grid to cluster.
                 "discovery": evaluator_config(
                     "discovery", batch_size=128, image_size=64, examples=1000

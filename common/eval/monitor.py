@@ -6,31 +6,24 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from common.eval import register_evaluator
+from common.eval import Evaluator, register_evaluator
 from common.eval.discovery import eval_data_config
 from common.eval.linear_probe import pooled_feature_batches
 
 
 @register_evaluator("monitor")
-class MonitorEvaluator:
+class MonitorEvaluator(Evaluator):
     """Accuracy of the stop-gradient linear classifier that pretraining trains alongside.
 
-    Options (`config.evals.monitor`): `split` (default `validation`), `batch_size` (global),
-    `dataset`/`data_dir` (default: the pretraining data; VITO pretrains on videos and monitors
-    on the embedded images).
+    Options: `split`, `batch_size` (global), `dataset`/`data_dir` (default: the pretraining
+    data; VITO pretrains on videos and monitors on the embedded images), `enabled`.
     """
 
-    def __init__(self, config, eval_config):
-        self.config = config
-        self.split = eval_config.get("split", "validation")
-        self.batch_size = eval_config.get("batch_size", 64)
-        self.data_options = ml_collections.ConfigDict(
-            {k: eval_config.get(k, "") for k in ("dataset", "data_dir")}
-        )
+    name = "monitor"
+    defaults = {"dataset": "", "data_dir": "", "split": "validation", "batch_size": 64}
 
     def run(self, setup, state, *, mesh) -> dict[str, float]:
         @functools.partial(jax.jit, out_shardings=NamedSharding(mesh, P()))
@@ -42,9 +35,10 @@ class MonitorEvaluator:
 
         # The online embeddings of the split, shared with the linear probe and the kNN when they
         # read the same split at the same batch size (one forward pass for the three).
-        data = eval_data_config(self.config, self.data_options)
+        o = self.options
+        data = eval_data_config(self.config, self.options)
         batches = pooled_feature_batches(
-            setup, state, mesh, data=data, split=self.split, batch_size=self.batch_size
+            setup, state, mesh, data=data, split=o.split, batch_size=int(o.batch_size)
         )
         total = jnp.zeros(2, jnp.int32)
         for item in batches:
