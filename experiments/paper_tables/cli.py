@@ -7,7 +7,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from experiments.paper_tables import report
+from experiments.paper_tables import report, runs
 
 
 def run_table(
@@ -33,5 +33,6 @@ def run_table(
     args = parser.parse_args(argv[1:])
     start = time.perf_counter()
     body = build(args.quick, args.workdir, args.seed)
-    text = report.header(title, argv, time.perf_counter() - start) + "\n" + body
+    text = report.header(title, argv, time.perf_counter() - start, reused=runs.REUSED)
+    text += "\n" + body
     return report.write(name, text, args.quick)

@@ -44,16 +44,20 @@ def machine() -> str:
     return f"{platform.machine()} {platform.system()}, {cores} CPU cores{memory}, no accelerator"
 
 
-def header(title: str, argv: Sequence[str], seconds: float) -> str:
+def header(title: str, argv: Sequence[str], seconds: float, reused: Sequence[str] = ()) -> str:
     """Title and provenance: the exact command, commit, machine, date and wall time."""
     command = "python -m " + " ".join([_module_name(argv[0])] + [shlex.quote(a) for a in argv[1:]])
     date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    if reused:
+        seconds_note = f" (not counting {', '.join(reused)}: trained by an earlier run of a table)"
+    else:
+        seconds_note = ""
     return (
         f"# {title}\n\n"
         f"- command: `{command}`\n"
         f"- commit: `{commit()}`\n"
         f"- machine: {machine()}; Python {sys.version.split()[0]}\n"
-        f"- date: {date}; wall time {seconds / 60:.1f} min\n"
+        f"- date: {date}; wall time {seconds / 60:.1f} min{seconds_note}\n"
     )
 
 

@@ -62,6 +62,11 @@ class Budget:
     seed: int = 0
 
 
+# Labels of the runs this process found finished and reused (the table's header says so: its
+# wall time then does not include their training).
+REUSED: list[str] = []
+
+
 def load_config(experiment: str) -> ml_collections.ConfigDict:
     """`experiments/byol.py:local,x=1` -> that file's `get_config('local,x=1')` (unlocked)."""
     path, _, arg = experiment.partition(":")
@@ -138,6 +143,7 @@ def train(run: Run, budget: Budget, root: str) -> dict[int, dict[str, float]]:
         trainer.main(config, workdir)
     else:
         print(f"[tables] reusing {run.label}: {workdir}", flush=True)
+        REUSED.append(run.label)
     return evaluations(workdir, budget.steps)
 
 
