@@ -97,6 +97,7 @@ def fh_figures(work: str, copies: int, rounds: int = 2) -> dict:
     import skimage.segmentation
 
     from common.data import fh_masks, folder_builders, procedural
+    from common.data import shards as data_shards
 
     root = os.path.join(work, "photos")
     os.makedirs(root)
@@ -112,7 +113,7 @@ def fh_figures(work: str, copies: int, rounds: int = 2) -> dict:
     # Four shards per core: enough for the pool to balance photos of different sizes, and many
     # records per shard, so that opening the source (a TFDS reader per shard) is amortised as
     # with the pipeline's default of 256 records per shard.
-    shards = fh_masks.plan_shards({"train": num}, max(1, -(-num // (4 * cores))))
+    shards = data_shards.plan_shards({"train": num}, max(1, -(-num // (4 * cores))))
     from PIL import Image
 
     decoded = [

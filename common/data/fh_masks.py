@@ -67,8 +67,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from common.data import segmentation, tfds_compat
-from common.data import shards as shard_ranges
-from common.data.shards import Shard
+from common.data.shards import Shard, plan_shards
 
 del tfds_compat  # imported for its fix to TFDS (see the module)
 
@@ -103,13 +102,6 @@ class FhJob:
     fh_settings: tuple[tuple[float, int], ...]
     work_dir: str
     name_key: str | None = None
-
-
-def plan_shards(
-    split_sizes: dict[str, int], records_per_shard: int = DEFAULT_RECORDS_PER_SHARD
-) -> list[Shard]:
-    """Cuts every split into consecutive ranges of `records_per_shard` records."""
-    return shard_ranges.plan_shards(split_sizes, records_per_shard)
 
 
 # ---------------------------------------------------------------------------------------------

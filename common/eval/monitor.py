@@ -36,7 +36,7 @@ class MonitorEvaluator(Evaluator):
         # The online embeddings of the split, shared with the linear probe and the kNN when they
         # read the same split at the same batch size (one forward pass for the three).
         o = self.options
-        data = eval_data_config(self.config, self.options)
+        data = eval_data_config(self.config, o)
         batches = pooled_feature_batches(
             setup, state, mesh, data=data, split=o.split, batch_size=int(o.batch_size)
         )

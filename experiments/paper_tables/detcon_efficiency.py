@@ -28,8 +28,6 @@ METRICS = (
     ("linear_probe/top1", "linear probe top-1"),
     ("knn/top1", "kNN top-1"),
 )
-# The LARS base rate of every table: see budgets.LARS_BASE_LR.
-LARS_BASE_LR = budgets.LARS_BASE_LR
 BYOL = runs.Run("BYOL", "experiments/byol.py:local")
 DETCON_B = runs.Run("DetCon_B", "experiments/detcon_b.py:local")
 
@@ -43,7 +41,7 @@ def budget(quick: bool, seed: int) -> tuple[runs.Budget, int]:
             steps=steps,
             batch_size=32 if quick else 64,
             eval_every_steps=every,
-            lars_base_lr=LARS_BASE_LR,
+            lars_base_lr=budgets.LARS_BASE_LR,
             evals=budgets.image_evals(quick),
             seed=seed,
         ),
