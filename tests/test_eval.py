@@ -219,7 +219,9 @@ def test_discovery_scores_stored_id_maps_and_draws_pictures(data_dir, tmp_path):
     config.evals.discovery.segments = "fh"
     fh = run_evaluators(setup, state, mesh=mesh, workdir=str(tmp_path), names=["discovery"])
     assert 0.2 < fh["discovery/abo_i"] < 0.95 and 0.0 < fh["discovery/abo_c"] < 1.0
-    picture = Image.open(tmp_path / "pictures" / "discovery_0.png")
+    # Named by what was segmented: the network's k-means picture of step 0 is not overwritten.
+    assert os.listdir(tmp_path / "pictures") == ["discovery_fh_0.png"]
+    picture = Image.open(tmp_path / "pictures" / "discovery_fh_0.png")
     assert picture.size[0] == 4 * 144 and picture.size[1] > 4 * 144
 
 

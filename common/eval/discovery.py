@@ -227,7 +227,7 @@ class DiscoveryEvaluator(Evaluator):
                 results["num_instances" if suffix == "i" else "num_class_masks"] = s[2]
         if first is not None and jax.process_index() == 0:
             host, pics = first
-            path = picture_path(self.workdir, int(state.step))
+            path = picture_path(self.workdir, int(state.step), o.segments)
             write_picture(path, host, pics, title=self._title())
         return results
 
@@ -242,10 +242,14 @@ class DiscoveryEvaluator(Evaluator):
 # Pictures (PIL + numpy).
 
 
-def picture_path(workdir: str, step: int) -> str:
-    """Where an evaluation of the state at `step` writes its picture (the latest evaluation of
-    that step wins: `common.evaluate --init` and a `segments=fh` run of step 0 share a path)."""
-    return os.path.join(workdir, "pictures", f"discovery_{int(step)}.png")
+def picture_path(workdir: str, step: int, segments: str = "kmeans") -> str:
+    """Where an evaluation of the state at `step` writes its picture: `discovery_<step>.png` for
+    the network's k-means segments, `discovery_<segments>_<step>.png` for stored ids (e.g. `fh`),
+    so that scoring the FH masks does not overwrite the network's picture of the same step."""
+    name = f"discovery_{int(step)}.png"
+    if segments != "kmeans":
+        name = f"discovery_{segments}_{int(step)}.png"
+    return os.path.join(workdir, "pictures", name)
 
 
 def _palette(n: int, seed: int = 7) -> np.ndarray:
