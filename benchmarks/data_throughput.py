@@ -140,6 +140,7 @@ def fh_figures(work: str, copies: int, rounds: int = 2) -> dict:
         return time.perf_counter() - start
 
     import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
 
     pipeline("warmup")
     start = time.perf_counter()
@@ -147,10 +148,12 @@ def fh_figures(work: str, copies: int, rounds: int = 2) -> dict:
     # shard computation's TensorFlow threads (record reading, PNG decoding) would overlap FH on
     # the other cores and inflate the single-core rate (the earlier design measured 0.57-0.75
     # "efficiency" that way, while bare FH in two processes scales at 0.95).
-    spawn = multiprocessing.get_context("spawn")
-    with procedural.worker_pool(cores) as pool, spawn.Pool(1, _pin_to_first_core) as pinned:
-        pool.map(_warm_worker, range(cores), chunksize=1)
-        pinned.map(_warm_worker, range(1), chunksize=1)
+    one_worker = ProcessPoolExecutor(
+        1, mp_context=multiprocessing.get_context("spawn"), initializer=_pin_to_first_core
+    )
+    with procedural.worker_pool(cores) as pool, one_worker as pinned:
+        list(pool.map(_warm_worker, range(cores), chunksize=1))
+        list(pinned.map(_warm_worker, range(1), chunksize=1))
         pool_start = time.perf_counter() - start
         one, many, plain = [], [], []
         for r in range(rounds):

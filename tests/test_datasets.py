@@ -1,5 +1,9 @@
 """Embedded datasets: synthetic_scenes and synthetic_videos (rendering, TFDS builders, FH rule)."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -8,6 +12,7 @@ from skimage.segmentation import felzenszwalb
 from common.data import procedural, segmentation
 from common.data.synthetic_scenes import SyntheticScenes, SyntheticScenesConfig
 from common.data.synthetic_videos import SyntheticVideos, SyntheticVideosConfig
+from tests import helpers
 
 
 def _small_scenes(name="small", **kwargs):
@@ -183,6 +188,37 @@ def test_scenes_deterministic_across_runs_and_workers(tmp_path):
     images_a = {ex["image"].tobytes() for ex in _records(a, "train")}
     images_c = {ex["image"].tobytes() for ex in _records(c, "train")}
     assert not images_a & images_c
+
+
+def test_worker_pool_fails_instead_of_hanging_on_an_unguarded_script(tmp_path):
+    # Spawned workers re-import the main script: without a `__main__` guard each worker starts
+    # the pool again and dies. A `multiprocessing.Pool` then replaces it forever (a hang); ours
+    # must stop with an error that says what to do.
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "from common.data import procedural\n"
+        "with procedural.worker_pool(2) as pool:\n"
+        "    print(list(procedural.ordered_map(abs, range(-4, 4), pool=pool, chunksize=1)))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": helpers.REPO}
+    run = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode != 0
+    assert "RuntimeError: a worker process of the dataset build died" in run.stderr
+    assert "if __name__ == '__main__':" in run.stderr
+    # Guarded, the same code runs and keeps the order.
+    script.write_text(
+        "from common.data import procedural\n"
+        "if __name__ == '__main__':\n"
+        "    with procedural.worker_pool(2) as pool:\n"
+        "        print(list(procedural.ordered_map(abs, range(-4, 4), pool=pool, chunksize=1)))\n"
+    )
+    run = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[4, 3, 2, 1, 0, 1, 2, 3]"
 
 
 def test_scenes_splits_differ(tmp_path):
