@@ -106,6 +106,7 @@ def test_markdown_table_and_percent():
     text = report.table(["a", "b"], [["x", report.pct(0.1234)], ["y", report.pct(None)]])
     assert text.splitlines() == ["| a | b |", "| --- | --- |", "| x | 12.3 |", "| y | - |"]
     assert not math.isnan(float(report.pct(0.5)))
-    head = report.header("T", ["/x/experiments/paper_tables/odin_discovery.py", "--quick"], 90)
+    argv = ["/x/experiments/paper_tables/odin_discovery.py", "--quick"]
+    head = report.header("T", argv, 90, "abc123")
     assert "`python -m experiments.paper_tables.odin_discovery --quick`" in head
-    assert "1.5 min" in head
+    assert "1.5 min" in head and "- commit: `abc123`" in head

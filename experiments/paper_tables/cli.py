@@ -31,8 +31,8 @@ def run_table(
     )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv[1:])
-    start = time.perf_counter()
+    code, start = report.commit(), time.perf_counter()
     body = build(args.quick, args.workdir, args.seed)
-    text = report.header(title, argv, time.perf_counter() - start, reused=runs.REUSED)
+    text = report.header(title, argv, time.perf_counter() - start, code, reused=runs.REUSED)
     text += "\n" + body
     return report.write(name, text, args.quick)

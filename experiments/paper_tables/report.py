@@ -44,8 +44,11 @@ def machine() -> str:
     return f"{platform.machine()} {platform.system()}, {cores} CPU cores{memory}, no accelerator"
 
 
-def header(title: str, argv: Sequence[str], seconds: float, reused: Sequence[str] = ()) -> str:
-    """Title and provenance: the exact command, commit, machine, date and wall time."""
+def header(
+    title: str, argv: Sequence[str], seconds: float, code: str, reused: Sequence[str] = ()
+) -> str:
+    """Title and provenance: the exact command, the commit `code` (`commit()` taken when the run
+    started: the checkout may move on during an hour-long table), machine, date and wall time."""
     command = "python -m " + " ".join([_module_name(argv[0])] + [shlex.quote(a) for a in argv[1:]])
     date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     if reused:
@@ -55,7 +58,7 @@ def header(title: str, argv: Sequence[str], seconds: float, reused: Sequence[str
     return (
         f"# {title}\n\n"
         f"- command: `{command}`\n"
-        f"- commit: `{commit()}`\n"
+        f"- commit: `{code}`\n"
         f"- machine: {machine()}; Python {sys.version.split()[0]}\n"
         f"- date: {date}; wall time {seconds / 60:.1f} min{seconds_note}\n"
     )
