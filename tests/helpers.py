@@ -62,9 +62,16 @@ def cli_args(experiment: str, data_dir: str, workdir: str, **overrides) -> list[
     return args
 
 
+# XLA flags of every test process: the tests' programs are tiny and run a few steps, so XLA:CPU
+# spends most of their time compiling, and its backend (LLVM) optimisation is the larger part of
+# that. Turned off, a tiny trainer run compiles several times faster; the programs compute the
+# same functions (tests compare runs made under the same flags).
+TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
+
+
 def subprocess_env(num_devices: int = 1) -> dict[str, str]:
     env = dict(os.environ)
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={num_devices}"
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={num_devices} {TEST_XLA_FLAGS}"
     env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
     return env

@@ -39,11 +39,6 @@ def notebook_data_dir(data_dir):  # noqa: F811
     return data_dir
 
 
-@pytest.fixture(scope="session")
-def jax_cache(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("jax_cache"))
-
-
 def test_four_notebooks_stored_clean_with_the_colab_cell_first():
     assert NOTEBOOKS == [
         "01_fh_masks_and_views.ipynb",
@@ -63,18 +58,14 @@ def test_four_notebooks_stored_clean_with_the_colab_cell_first():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NOTEBOOKS)
-def test_notebook_executes(name, notebook_data_dir, jax_cache, tmp_path, monkeypatch):
+def test_notebook_executes(name, notebook_data_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("NOTEBOOK_TINY", "1")
     monkeypatch.setenv("NOTEBOOK_DATA_DIR", notebook_data_dir)
-    monkeypatch.setenv(
-        "XLA_FLAGS", "--xla_force_host_platform_device_count=1 --xla_backend_optimization_level=0"
-    )
-    monkeypatch.setenv("PYTHONPATH", helpers.REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
-    # One persistent compilation cache for the session's kernels: a notebook that restores a
-    # checkpoint compiles the trainer's initialisation again, and 02 and 03 train the same tiny
-    # Odin (its step compiles once).
-    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", jax_cache)
+    # The test session's environment for subprocesses: one CPU device, the tests' XLA flags and
+    # the session's persistent compilation cache (a notebook that restores a checkpoint compiles
+    # the trainer's initialisation again, and 02 and 03 train the same tiny Odin).
+    for key, value in helpers.subprocess_env(num_devices=1).items():
+        monkeypatch.setenv(key, value)
     nb = nbformat.read(os.path.join(NOTEBOOK_DIR, name), as_version=4)
     client = nbclient.NotebookClient(
         nb,
