@@ -26,7 +26,8 @@ Datasets: the embedded `synthetic_scenes` (instance and class masks), `folder_im
 (`coco/2017` has no masks); see `common.eval.dense_data`. Select one with `dataset` (default the
 pretraining dataset) and `split`.
 
-Pictures (when the caller gives a workdir): `<workdir>/pictures/discovery_<step>.png` with, for
+Pictures (when the caller gives a workdir): `<workdir>/pictures/discovery_<step>.png`
+(`discovery_<segments>_<step>.png` when stored ids are scored, e.g. `discovery_fh_0.png`) with, for
 the first `num_pictures` images, the image, the instances, the segments, and each instance's
 best-matching segment painted in the instance's colour with its IoU.
 """
