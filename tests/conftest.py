@@ -6,7 +6,7 @@ the first conftest, for the whole test session. Single-device tests use `jax.dev
 
 import os
 
-from tests.helpers import TEST_XLA_FLAGS  # noqa: E402
+from tests.helpers import TEST_XLA_FLAGS
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count=8 {TEST_XLA_FLAGS}"

@@ -629,9 +629,8 @@ def clip_record(
 
 
 @contextlib.contextmanager
-def worker_pool(num_workers: int, initializer: Callable[[], None] | None = None):
-    """A `ProcessPoolExecutor` of `num_workers` spawned processes, or None when
-    `num_workers <= 1` (`initializer` runs once in each worker).
+def worker_pool(num_workers: int):
+    """A `ProcessPoolExecutor` of `num_workers` spawned processes, or None when `num_workers <= 1`.
 
     Spawned rather than forked: the parent has TensorFlow's threads running, and forking a
     multi-threaded process can deadlock the child. One pool serves every split of a build because
@@ -647,9 +646,7 @@ def worker_pool(num_workers: int, initializer: Callable[[], None] | None = None)
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    pool = ProcessPoolExecutor(
-        num_workers, mp_context=multiprocessing.get_context("spawn"), initializer=initializer
-    )
+    pool = ProcessPoolExecutor(num_workers, mp_context=multiprocessing.get_context("spawn"))
     try:
         yield pool
     finally:
