@@ -10,7 +10,8 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from common.data import geometry, pipeline
+from common.data import config as data_config
+from common.data import geometry, iterators, pipeline
 
 H, W = 24, 32  # non-square, so that a height/width mix-up shows
 N_TRAIN, N_VAL = 26, 7
@@ -134,7 +135,7 @@ def data_dir(tmp_path_factory):
 
 
 def config(data_dir, **kw):
-    cfg = pipeline.default_data_config()
+    cfg = data_config.default_data_config()
     cfg.update(dict(name="pipeline_test_scenes", data_dir=data_dir, image_size=32))
     cfg.update(kw)
     return cfg
@@ -495,7 +496,7 @@ def test_bad_record_raises_naming_it(bad, pattern):
     it = pipeline.make_pretrain_iterator(
         cfg, global_batch_size=2, seed=0, dataset=bad_dataset(**bad)
     )
-    with pytest.raises(pipeline.BadRecordError, match=pattern):
+    with pytest.raises(iterators.BadRecordError, match=pattern):
         take(it, 4)
 
 
@@ -528,8 +529,8 @@ def test_exact_resume_from_position_with_skipped_records():
 
 
 def test_config_defaults_are_documented():
-    cfg = pipeline.default_data_config()
-    doc = pipeline.default_data_config.__doc__
+    cfg = data_config.default_data_config()
+    doc = data_config.default_data_config.__doc__
     for key in cfg:
         assert re.search(rf"\b{key}\b", doc), key
 
