@@ -79,8 +79,8 @@ class WorkerPoolBuilder:
     Every split is generated inside one `download_and_prepare` call (no Beam), so one
     `worker_pool` of `num_workers` processes (default: all cores) serves them all; a split's
     generator maps its render function with `self.render(fn, num_examples, chunksize)`. The
-    builder's config gives the split sizes (`split_sizes()`: name -> examples, in split-id order).
-    List it before the TFDS base class.
+    builder's config gives the split sizes (`num_train`, `num_validation`, `num_test`; split ids
+    0, 1, 2). List it before the TFDS base class.
     """
 
     def __init__(self, *, num_workers: int | None = None, **kwargs):
@@ -99,7 +99,12 @@ class WorkerPoolBuilder:
 
     def _split_generators(self, dl_manager):
         del dl_manager  # nothing to download
-        sizes = self.builder_config.split_sizes()
+        config = self.builder_config
+        sizes = {
+            "train": config.num_train,
+            "validation": config.num_validation,
+            "test": config.num_test,
+        }
         return {
             name: self._generate_examples(split_id=i, num_examples=n)
             for i, (name, n) in enumerate(sizes.items())
@@ -108,6 +113,24 @@ class WorkerPoolBuilder:
     def render(self, fn, num_examples: int, chunksize: int = 32):
         """`fn(index)` for every index of a split, in order, in the build's pool."""
         return ordered_map(fn, range(num_examples), pool=self._pool, chunksize=chunksize)
+
+    @classmethod
+    def build_command(cls, argv: Sequence[str] | None = None) -> None:
+        """Command line: `python -m <builder module> --data_dir D [--config NAME]
+        [--num_workers N]` builds one config of the builder."""
+        import argparse
+        import time
+
+        parser = argparse.ArgumentParser(description=f"Builds a config of {cls.__name__}.")
+        parser.add_argument("--data_dir", required=True)
+        parser.add_argument("--config", default="default")
+        parser.add_argument("--num_workers", type=int, default=None)
+        args = parser.parse_args(argv)
+        start = time.perf_counter()
+        builder = cls(config=args.config, data_dir=args.data_dir, num_workers=args.num_workers)
+        builder.download_and_prepare()
+        elapsed = time.perf_counter() - start
+        print(f"{builder.info.full_name} ready in {builder.data_dir} ({elapsed:.1f} s)")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -92,13 +92,6 @@ class SyntheticScenesConfig(tfds.core.BuilderConfig):
         size = self.image_size
         return segmentation.fh_dtype_for_size(size, size, self.fh_settings)
 
-    def split_sizes(self) -> dict[str, int]:
-        return {
-            "train": self.num_train,
-            "validation": self.num_validation,
-            "test": self.num_test,
-        }
-
 
 # Run as a script, this file is also imported under its package name by `main` (TFDS reads the
 # builder's package files), so only that copy registers the dataset name.
@@ -186,23 +179,7 @@ def _as_example(record: dict) -> dict:
 
 def main(argv=None):
     """Builds a config: `python -m common.data.synthetic_scenes --data_dir D --config tiny`."""
-    import argparse
-    import time
-
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--data_dir", required=True)
-    parser.add_argument("--config", default="default")
-    parser.add_argument("--num_workers", type=int, default=None)
-    args = parser.parse_args(argv)
-    start = time.perf_counter()
-    builder = SyntheticScenes(
-        config=args.config, data_dir=args.data_dir, num_workers=args.num_workers
-    )
-    builder.download_and_prepare()
-    print(
-        f"{builder.info.full_name} ready in {builder.data_dir} "
-        f"({time.perf_counter() - start:.1f} s)"
-    )
+    SyntheticScenes.build_command(argv)
 
 
 if __name__ == "__main__":

@@ -73,9 +73,6 @@ class SyntheticVideosConfig(tfds.core.BuilderConfig):
         if self.encoding not in ("png", "jpeg"):
             raise ValueError(f"encoding must be png or jpeg, got {self.encoding!r}")
 
-    def split_sizes(self) -> dict[str, int]:
-        return {"train": self.num_train, "validation": self.num_validation, "test": self.num_test}
-
 
 class SyntheticVideos(
     build_tools.WorkerPoolBuilder,
@@ -140,21 +137,7 @@ class SyntheticVideos(
 
 def main(argv=None):
     """Builds a config: `python -m common.data.synthetic_videos --data_dir D --config tiny`."""
-    import argparse
-    import time
-
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--data_dir", required=True)
-    parser.add_argument("--config", default="default")
-    parser.add_argument("--num_workers", type=int, default=None)
-    args = parser.parse_args(argv)
-    start = time.perf_counter()
-    builder = SyntheticVideos(
-        config=args.config, data_dir=args.data_dir, num_workers=args.num_workers
-    )
-    builder.download_and_prepare()
-    elapsed = time.perf_counter() - start
-    print(f"{builder.info.full_name} ready in {builder.data_dir} ({elapsed:.1f} s)")
+    SyntheticVideos.build_command(argv)
 
 
 if __name__ == "__main__":
