@@ -43,31 +43,38 @@ def scene(i: int) -> dict[str, np.ndarray]:
     }
 
 
-class PipelineTestScenes(tfds.core.GeneratorBasedBuilder):
-    """The synthetic_scenes features of ARCHITECTURE.md, tiny."""
+class _TinyBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """A tiny in-memory dataset; subclasses give `tiny_features()` and the generators."""
 
     VERSION = tfds.core.Version("1.0.0")
     # TFDS looks for a checksums file beside the builder's module through `importlib_resources`
     # (absent from the environment); these builders download nothing.
     code_path = None
 
+    def tiny_features(self) -> dict:
+        raise NotImplementedError
+
     def _info(self):
         return tfds.core.DatasetInfo(
-            builder=self,
-            features=tfds.features.FeaturesDict(
-                {
-                    "image": tfds.features.Image(shape=(H, W, 3)),
-                    "instance_mask": tfds.features.Image(shape=(H, W, 1)),
-                    "class_mask": tfds.features.Image(shape=(H, W, 1)),
-                    "labels": tfds.features.Tensor(shape=(NUM_CLASSES,), dtype=np.bool_),
-                    "label": tfds.features.ClassLabel(num_classes=NUM_CLASSES),
-                    # zlib, as synthetic_scenes stores them: decoded only after the skip
-                    "fh_masks": tfds.features.Tensor(
-                        shape=(2, H, W), dtype=np.uint8, encoding=tfds.features.Encoding.ZLIB
-                    ),
-                }
-            ),
+            builder=self, features=tfds.features.FeaturesDict(self.tiny_features())
         )
+
+
+class PipelineTestScenes(_TinyBuilder):
+    """The synthetic_scenes features of ARCHITECTURE.md, tiny."""
+
+    def tiny_features(self):
+        return {
+            "image": tfds.features.Image(shape=(H, W, 3)),
+            "instance_mask": tfds.features.Image(shape=(H, W, 1)),
+            "class_mask": tfds.features.Image(shape=(H, W, 1)),
+            "labels": tfds.features.Tensor(shape=(NUM_CLASSES,), dtype=np.bool_),
+            "label": tfds.features.ClassLabel(num_classes=NUM_CLASSES),
+            # zlib, as synthetic_scenes stores them: decoded only after the skip
+            "fh_masks": tfds.features.Tensor(
+                shape=(2, H, W), dtype=np.uint8, encoding=tfds.features.Encoding.ZLIB
+            ),
+        }
 
     def _split_generators(self, dl_manager):
         del dl_manager
@@ -89,29 +96,17 @@ def clip_frames(c: int, t: int) -> np.ndarray:
     return np.broadcast_to(np.array([40 * c, 40 * t, 200], np.uint8), (16, 20, 3))
 
 
-class PipelineTestVideos(tfds.core.GeneratorBasedBuilder):
+class PipelineTestVideos(_TinyBuilder):
     """The synthetic_videos features, tiny: frames encoded as PNG, masks = frame number."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    # TFDS looks for a checksums file beside the builder's module through `importlib_resources`
-    # (absent from the environment); these builders download nothing.
-    code_path = None
-
-    def _info(self):
-        return tfds.core.DatasetInfo(
-            builder=self,
-            features=tfds.features.FeaturesDict(
-                {
-                    "video": tfds.features.Video(shape=(T_VIDEO, 16, 20, 3)),
-                    "instance_masks": tfds.features.Tensor(
-                        shape=(T_VIDEO, 16, 20),
-                        dtype=np.uint8,
-                        encoding=tfds.features.Encoding.ZLIB,
-                    ),
-                    "label": tfds.features.ClassLabel(num_classes=8),
-                }
+    def tiny_features(self):
+        return {
+            "video": tfds.features.Video(shape=(T_VIDEO, 16, 20, 3)),
+            "instance_masks": tfds.features.Tensor(
+                shape=(T_VIDEO, 16, 20), dtype=np.uint8, encoding=tfds.features.Encoding.ZLIB
             ),
-        )
+            "label": tfds.features.ClassLabel(num_classes=8),
+        }
 
     def _split_generators(self, dl_manager):
         del dl_manager
