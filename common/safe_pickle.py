@@ -9,9 +9,10 @@ any layout check. Like `torch.load(weights_only=True)`, `load` resolves only an 
 * plain containers and values (`set`, `frozenset`, `complex`, `OrderedDict`, and the
   `_codecs.encode(text, 'latin1')` / `bytes()` that protocol 2 writes bytes as, restricted to
   exactly that use);
-* inert stand-ins (`StandIn`) for the classes of DeepMind's trainers (`byol.*`, `detcon.*`), such
-  as BYOL's `_ByolExperimentState` NamedTuple and its optimiser states. Those modules are never
-  imported: a stand-in only records the values the pickle passes to it.
+* inert stand-ins (`StandIn`) for the classes of DeepMind's trainers and the libraries their
+  experiment states hold (`byol.*`, `detcon.*`, `optax.*`, `haiku.*`), such as BYOL's
+  `_ByolExperimentState` NamedTuple and its optimiser states. Those modules are never imported:
+  a stand-in only records the values the pickle passes to it.
 
 Any other global is refused with `UnsafePickleError` naming it, before anything is called (the
 unpickler resolves a global before it can call it, so nothing of the file's choosing has run).
@@ -27,9 +28,10 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-# Modules whose classes become inert stand-ins: DeepMind's trainers, whose experiment states
-# (NamedTuples, optimiser states) released checkpoints are pickled with.
-STAND_IN_MODULES = ("byol", "detcon")
+# Packages whose classes become inert stand-ins: DeepMind's trainers and the libraries their
+# experiment states hold objects of (NamedTuples, optimiser states: byol's LarsState, optax's
+# states), so that a checkpoint whose optimiser state we do not need still loads.
+STAND_IN_MODULES = ("byol", "detcon", "optax", "haiku")
 
 
 class UnsafePickleError(pickle.UnpicklingError):

@@ -182,6 +182,8 @@ def test_deepmind_classes_are_inert_stand_ins_and_other_classes_are_refused():
     assert type(state).__name__ == "_ByolExperimentState"
     assert state.pickled_module == "byol.byol_experiment" and lars.args == (3,)
     assert "byol" not in sys.modules  # never imported
+    (adam,) = safe_pickle.loads(b"coptax._src.transform\nScaleByAdamState\n(K\x01tR\x85.")
+    assert isinstance(adam, safe_pickle.StandIn) and adam.args == (1,)
     refused = [("collections", "namedtuple"), ("numpy", "load"), ("copyreg", "_reconstructor"),
                ("byolx", "A"), ("builtins", "getattr"), ("posix", "system")]  # fmt: skip
     for module, name in refused:
