@@ -30,7 +30,6 @@ from collections.abc import Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
-from clu import metric_writers
 
 
 class NonFiniteError(FloatingPointError):
@@ -80,6 +79,10 @@ class MetricLogger:
                 _rewrite_jsonl(self.jsonl_path, kept)
             self._logged = {_row_key(row) for row in kept}
             _write_restart_marker(self.workdir, step + 1)
+        # Imported here: clu's writers import TensorFlow, which the step, the benchmarks and an
+        # accelerator host that only trains from staged arrays do not otherwise need.
+        from clu import metric_writers
+
         self.writer = metric_writers.create_default_writer(
             self.workdir, just_logging=not self.is_primary, asynchronous=True
         )
