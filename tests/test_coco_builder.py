@@ -207,17 +207,24 @@ def test_photographs_with_drawn_polygons(drawn):
         assert set(np.unique(inst)) <= {0, 255} | set(range(1, instance_id + 1))
 
 
-def test_fh_generation_and_evaluators(drawn, tmp_path):
-    """FH masks are generated for it, and object discovery (ABO^i and ABO^c) and the
-    segmentation probe read it, the crowd region void."""
+def test_training_fh_generation_and_evaluators_read_it(drawn, tmp_path):
+    """DetCon's `mask_source=gt` views, FH generation, object discovery (ABO^i and ABO^c) and
+    the segmentation probe read it, the crowd region void (-1) throughout."""
     import jax
 
     from common import train
-    from common.data import fh_masks
+    from common.data import fh_masks, pipeline
     from common.eval import run_evaluators
     from tests import helpers
 
     data_dir, _, _ = drawn
+    data = {"name": "coco_folder/drawn", "data_dir": data_dir, "mask_source": "gt",
+            "image_size": 64, "crop_scale": (1.0, 1.0), "crop_ratio": (1.0, 1.0), "flip": False,
+            "shuffle_buffer": 1}  # fmt: skip
+    batch = next(pipeline.make_pretrain_iterator(data, global_batch_size=3, seed=0))
+    # Whole images: each view holds its image's instances, and the coffee's crowd region is -1.
+    ids = [set(np.unique(m)) for m in batch["mask1"]]
+    assert sorted(ids, key=len) == [{0, 1}, {-1, 0, 1}, {0, 1, 2}]
     derived = fh_masks.build_fh_dataset(
         "coco_folder/drawn", data_dir, fh_settings=((100.0, 20),), use_beam=False
     )

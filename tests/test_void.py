@@ -196,3 +196,51 @@ def test_detcon_never_samples_void():
     # Read raw (no void), 255 would be an id of its own and would be sampled.
     raw = masks.ids_to_grid(jnp.where(ids < 0, 255, ids), 2, 256)
     np.testing.assert_array_equal(np.asarray(raw), [[[255, 255]]])
+
+
+# ---------------------------------------------------------------------------------------------
+# Training pipelines: void is id -1 in the views' masks, so DetCon never samples it.
+
+
+def _void_images():
+    """Two 16 x 16 images: object 1 (left half), a void outline column, object 2 (right)."""
+    mask = np.zeros((16, 16), np.uint8)
+    mask[:, :7] = 1
+    mask[:, 7] = 255
+    mask[:, 8:] = 2
+    return {
+        "image": np.zeros((2, 16, 16, 3), np.uint8),
+        "instance_mask": np.stack([mask, mask])[..., None],
+    }
+
+
+@pytest.mark.parametrize("void_label, expected", [("auto", {-1, 1, 2}), ("none", {1, 2, 255})])
+def test_pretrain_views_give_void_id_minus_one(void_label, expected):
+    from common.data import pipeline
+
+    data = {"mask_source": "gt", "image_size": 16, "crop_scale": (1.0, 1.0),
+            "crop_ratio": (1.0, 1.0), "shuffle_buffer": 1, "void_label": void_label}  # fmt: skip
+    ds = tf.data.Dataset.from_tensor_slices(_void_images())
+    batch = next(pipeline.make_pretrain_iterator(data, global_batch_size=2, seed=0, dataset=ds))
+    for key in ("mask1", "mask2"):
+        assert set(np.unique(batch[key])) == expected
+    # DetCon's sampling on the training masks: only the two objects, never the void.
+    grid = masks.ids_to_grid(jnp.asarray(batch["mask1"]), 1, 256)
+    sampled = masks.sample_ids(jnp.asarray([0, 7], jnp.uint32), grid, 64)
+    assert set(np.asarray(sampled).ravel()) == expected - {-1}
+
+
+def test_video_pairs_give_void_id_minus_one():
+    from common.data import pipeline
+
+    frames = np.zeros((1, 4, 16, 16, 3), np.uint8)
+    clip = np.zeros((1, 4, 16, 16), np.uint8)
+    clip[:, :, 2:10, 2:10] = 3
+    clip[:, :, 10:12, :] = 255
+    ds = tf.data.Dataset.from_tensor_slices({"video": frames, "instance_masks": clip})
+    data = {"kind": "video_pairs", "mask_source": "gt", "image_size": 16,
+            "crop_scale": (1.0, 1.0), "crop_ratio": (1.0, 1.0), "shuffle_buffer": 1,
+            "min_offset": 1, "max_offset": 2}  # fmt: skip
+    batch = next(pipeline.make_video_pair_iterator(data, global_batch_size=1, seed=0, dataset=ds))
+    for key in ("mask1", "mask2"):
+        assert set(np.unique(batch[key])) == {-1, 0, 3}

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from common.data import examples, geometry, stream, void
+from common.data import examples, geometry, stream
 from common.data.config import resolve_config
 from common.data.iterators import DataIterator
 from common.data.sources import open_source
@@ -181,7 +181,6 @@ def dense_label_batches(
       `label` int32 `[b]` (-1 if none); `_valid` bool `[b]`.
     """
     cfg = resolve_config(data_config)
-    void_label = void.check_setting(getattr(cfg, "void_label", void.DEFAULT))
     b = stream.local_batch(batch_size, process_count)
     wanted = list(_WANTED)
     if segments not in (None, "fh") and segments not in wanted:
@@ -214,7 +213,7 @@ def dense_label_batches(
 
     def annotated_ids(ex, key):
         """An annotated mask with its void pixels -1 (the void id follows the stored dtype)."""
-        return void.to_ignore_tf(source.decode(key, ex[key], channels=1), void_label)
+        return examples.annotated_ids(source.decode(key, ex[key], channels=1), cfg)
 
     def fn(pos, ex):
         image = source.decode("image", ex["image"])
