@@ -63,10 +63,11 @@ def _check_scene(scene):
     assert scene.labels[scene.label]
 
 
-def test_scenes_masks_and_labels_agree():
+@pytest.mark.parametrize("style", procedural.STYLES)
+def test_scenes_masks_and_labels_agree(style):
     counts = []
     for i in range(60):
-        scene = procedural.render_scene(np.random.default_rng([3, 0, i]), 64)
+        scene = procedural.render_scene(np.random.default_rng([3, 0, i]), 64, style=style)
         _check_scene(scene)
         counts.append(len(scene.instance_classes))
     assert min(counts) >= 1 and max(counts) <= 6 and len(set(counts)) >= 4
@@ -76,8 +77,8 @@ def test_scene_occluded_objects_are_dropped(monkeypatch):
     # Two identical discs at the same place: the lower one is fully hidden and must vanish.
     real = procedural.sample_object
 
-    def same_disc(rng, size, class_id=None):
-        obj = real(rng, size, class_id=0)
+    def same_disc(rng, size, class_id=None, **kwargs):
+        obj = real(rng, size, class_id=0, **kwargs)
         obj.cx = obj.cy = size / 2
         obj.radius = size / 5
         return obj
@@ -104,12 +105,65 @@ def test_default_fh_settings_give_several_segments():
     assert segmentation.default_fh_settings(224, 224) == ((358.0, 358),)
     counts = []
     for i in range(40):
-        scene = procedural.render_scene(np.random.default_rng([0, 0, i]), 64)
+        # The legacy scenes: few flat regions, the case where too large a scale merges them all.
+        scene = procedural.render_scene(np.random.default_rng([0, 0, i]), 64, style="legacy")
         ids = segmentation.felzenszwalb_ids(scene.image, ((29.0, 29),))
         counts.append(int(ids.max()) + 1)
     # skimage's defaults (1000, 1000) would give a single segment on every 64 px image.
     assert 5 <= np.median(counts) <= 15
     assert np.mean([3 <= c <= 25 for c in counts]) >= 0.8
+
+
+def _instance_hue_bins(scenes, bins: int = 6) -> tuple[np.ndarray, np.ndarray]:
+    """(class, bin of the circular mean hue) of every instance with >= 20 visible pixels; the
+    mean weights each pixel's hue vector by its saturation (grey pixels carry no hue)."""
+    from skimage.color import rgb2hsv
+
+    classes, hue_bins = [], []
+    for scene in scenes:
+        hsv = rgb2hsv(scene.image)
+        vec = hsv[..., 1] * np.exp(2j * np.pi * hsv[..., 0])
+        for k, c in enumerate(scene.instance_classes, start=1):
+            inside = scene.instance_mask == k
+            if inside.sum() >= 20:
+                mean_hue = (np.angle(vec[inside].mean()) / (2 * np.pi)) % 1.0
+                classes.append(c)
+                hue_bins.append(min(int(mean_hue * bins), bins - 1))
+    return np.asarray(classes), np.asarray(hue_bins)
+
+
+def test_natural_classes_are_colour_independent():
+    # A chi-square test of independence between an instance's class and its mean hue (6 bins)
+    # over the instances of 300 scenes (the `tiny` train split's renders and more). Colours are
+    # drawn independently of the class, so independence must not be rejected at the 0.1% level
+    # (the data are fixed by the seeds: this is one draw, not a flaky test). The legacy generator
+    # (a fixed hue per class) is rejected overwhelmingly: the test has the power to see a link.
+    from scipy.stats import chi2_contingency
+
+    def p_value(style):
+        scenes = [
+            procedural.render_scene(np.random.default_rng([0, 0, i]), 64, style=style)
+            for i in range(300)
+        ]
+        classes, hue_bins = _instance_hue_bins(scenes)
+        table = np.zeros((procedural.NUM_CLASSES, 6))
+        np.add.at(table, (classes, hue_bins), 1)
+        assert table.sum() >= 600 and table.min() >= 0  # enough instances for the chi-square
+        return chi2_contingency(table).pvalue
+
+    assert p_value("natural") > 1e-3
+    assert p_value("legacy") < 1e-30
+
+
+def test_natural_render_is_a_function_of_the_generator_only():
+    # Same generator state, same scene (the texture caches add no hidden state).
+    a = procedural.render_scene(np.random.default_rng([5, 1, 7]), 64)
+    procedural.render_scene(np.random.default_rng(123), 64)  # other draws in between
+    b = procedural.render_scene(np.random.default_rng([5, 1, 7]), 64)
+    for field in ("image", "instance_mask", "class_mask", "instance_classes", "labels"):
+        np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
+    c = procedural.render_scene(np.random.default_rng([5, 1, 8]), 64)
+    assert not np.array_equal(a.image, c.image)
 
 
 def test_clip_ids_constant_over_time():

@@ -1,11 +1,13 @@
 """`synthetic_videos`: procedurally generated clips of moving objects with masks (TFDS builder).
 
-The objects are those of `synthetic_scenes` (12 classes, each a shape family with its own colour
-and texture distribution). In a clip each object translates, scales and rotates at its own
-constant rate, the camera pans linearly over a background larger than the frame, and the
-lighting (a per-channel gain) drifts from the first frame to the last; the depth order is fixed,
-so objects occlude each other as they move. Textures are attached to the objects, so a tracked
-point keeps its appearance up to the lighting change.
+The objects and backgrounds are those of `synthetic_scenes` (12 classes; since version 2.0.0,
+style `natural`, a class is a shape family plus a texture structure in colours drawn
+independently of the class, on cluttered photograph backgrounds; the `legacy` config keeps the
+1.0.0 generator, where a class also has a fixed hue). In a clip each object translates, scales
+and rotates at its own constant rate, the camera pans linearly over a background larger than
+the frame, and the lighting (a per-channel gain) drifts from the first frame to the last; the
+depth order is fixed, so objects occlude each other as they move. Textures are attached to the
+objects, so a tracked point keeps its appearance up to the lighting change.
 
 Features (docs/ARCHITECTURE.md):
   video            Video (T, S, S, 3) uint8, frames PNG-encoded (or JPEG, `encoding`)
@@ -17,8 +19,8 @@ An object is kept only if, in at least one frame, at least 15% of it and ~0.2% o
 so every id appears in the clip. Clip `index` of split `split_id` is rendered from
 `np.random.default_rng([seed, split_id, index])`.
 
-Configs: `default` (16 frames of 64 px, 2,000 / 200 / 200 clips, seed 0) and `tiny` (8 frames of
-64 px, 32 / 8 / 8 clips). Build with
+Configs: `default` (16 frames of 64 px, 2,000 / 200 / 200 clips, seed 0), `tiny` (8 frames of
+64 px, 32 / 8 / 8 clips) and `legacy` (the 1.0.0 generator, as `default`). Build with
 
   python -m common.data.synthetic_videos --data_dir ~/tensorflow_datasets --config default
 """
@@ -53,6 +55,7 @@ class SyntheticVideosConfig(tfds.core.BuilderConfig):
       seed: generation seed.
       max_objects: most objects per clip.
       encoding: frame encoding, `png` (lossless, default) or `jpeg` (quality 95).
+      style: `natural` (colour a nuisance, since 2.0.0) or `legacy` (the 1.0.0 generator).
     """
 
     image_size: int = 64
@@ -63,8 +66,11 @@ class SyntheticVideosConfig(tfds.core.BuilderConfig):
     seed: int = 0
     max_objects: int = 5
     encoding: str = "png"
+    style: str = "natural"
 
     def __post_init__(self):
+        if self.style not in procedural.STYLES:
+            raise ValueError(f"style must be one of {procedural.STYLES}, got {self.style!r}")
         if not 16 <= self.image_size <= 224:
             raise ValueError(f"image_size must be in [16, 224], got {self.image_size}")
         if self.num_frames < 1:
@@ -85,8 +91,13 @@ class SyntheticVideos(
 ):
     """Clips of moving, occluding objects under a panning camera, with per-frame instance ids."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "First version."}
+    VERSION = tfds.core.Version("2.0.0")
+    RELEASE_NOTES = {
+        "1.0.0": "First version.",
+        "2.0.0": "Colour is a nuisance (instance colours independent of the class, a class is a "
+        "shape plus a texture structure); photograph backgrounds with stuff regions and "
+        "distractors; wider object scales. The 1.0.0 generator stays as the `legacy` config.",
+    }
     BUILDER_CONFIGS = [
         SyntheticVideosConfig(name="default", description="16 frames, 64 px, 2000/200/200."),
         SyntheticVideosConfig(
@@ -96,6 +107,11 @@ class SyntheticVideos(
             num_train=32,
             num_validation=8,
             num_test=8,
+        ),
+        SyntheticVideosConfig(
+            name="legacy",
+            description="The 1.0.0 generator (class = shape + fixed hue), 16 frames, 64 px.",
+            style="legacy",
         ),
     ]
     DEFAULT_CONFIG_NAME = "default"
@@ -125,7 +141,7 @@ class SyntheticVideos(
             ),
             supervised_keys=("video", "label"),
             metadata=tfds.core.MetadataDict(
-                seed=config.seed, class_names=list(procedural.CLASS_NAMES)
+                seed=config.seed, style=config.style, class_names=list(procedural.CLASS_NAMES)
             ),
         )
 
@@ -155,6 +171,7 @@ class SyntheticVideos(
             num_frames=config.num_frames,
             max_objects=config.max_objects,
             encoding=config.encoding,
+            style=config.style,
         )
         records = procedural.ordered_map(render, range(num_examples), pool=self._pool, chunksize=8)
         for index, record in enumerate(records):
