@@ -1,5 +1,6 @@
 """Embedded datasets: synthetic_scenes and synthetic_videos (rendering, TFDS builders, FH rule)."""
 
+import functools
 import os
 import subprocess
 import sys
@@ -157,18 +158,19 @@ def test_natural_classes_are_colour_independent():
 
 def test_natural_render_is_a_function_of_the_generator_only():
     # Same generator state, same scene (the texture caches add no hidden state).
-    a = procedural.render_scene(np.random.default_rng([5, 1, 7]), 64)
-    procedural.render_scene(np.random.default_rng(123), 64)  # other draws in between
-    b = procedural.render_scene(np.random.default_rng([5, 1, 7]), 64)
+    a = procedural.render_scene(np.random.default_rng([5, 1, 7]), 64, style="natural")
+    procedural.render_scene(np.random.default_rng(123), 64, style="natural")  # draws in between
+    b = procedural.render_scene(np.random.default_rng([5, 1, 7]), 64, style="natural")
     for field in ("image", "instance_mask", "class_mask", "instance_classes", "labels"):
         np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
-    c = procedural.render_scene(np.random.default_rng([5, 1, 8]), 64)
+    c = procedural.render_scene(np.random.default_rng([5, 1, 8]), 64, style="natural")
     assert not np.array_equal(a.image, c.image)
 
 
-def test_clip_ids_constant_over_time():
+@pytest.mark.parametrize("style", procedural.STYLES)
+def test_clip_ids_constant_over_time(style):
     for i in range(4):
-        clip = procedural.render_clip(np.random.default_rng([1, 0, i]), 48, 8)
+        clip = procedural.render_clip(np.random.default_rng([1, 0, i]), 48, 8, style=style)
         n = len(clip.instance_classes)
         assert clip.video.shape == (8, 48, 48, 3) and clip.instance_masks.shape == (8, 48, 48)
         present = np.unique(clip.instance_masks)
@@ -196,8 +198,9 @@ def test_clip_ids_constant_over_time():
 # ---------------------------------------------------------------------------------------------
 
 
-def test_scenes_builder_features_and_content(tmp_path):
-    builder = _build(SyntheticScenes, _small_scenes(), tmp_path, num_workers=1)
+@pytest.mark.parametrize("style", procedural.STYLES)
+def test_scenes_builder_features_and_content(tmp_path, style):
+    builder = _build(SyntheticScenes, _small_scenes(style=style), tmp_path, num_workers=1)
     features = builder.info.features
     assert features["image"].shape == (64, 64, 3)
     assert features["instance_mask"].shape == (64, 64, 1)
@@ -216,7 +219,8 @@ def test_scenes_builder_features_and_content(tmp_path):
         # Records come shuffled by key: match each one to the renderer's output by its pixels.
         n = builder.info.splits[split].num_examples
         scenes = [
-            procedural.render_scene(np.random.default_rng([0, split_id, i]), 64) for i in range(n)
+            procedural.render_scene(np.random.default_rng([0, split_id, i]), 64, style=style)
+            for i in range(n)
         ]
         by_image = {scene.image.tobytes(): scene for scene in scenes}
         records = _records(builder, split)
@@ -234,11 +238,13 @@ def test_scenes_builder_features_and_content(tmp_path):
 
 def test_scenes_deterministic_across_runs_and_workers(tmp_path):
     # Two workers against one: same records, so generation order and parallelism do not matter.
-    a = _build(SyntheticScenes, _small_scenes(num_train=80), tmp_path / "a", num_workers=2)
-    b = _build(SyntheticScenes, _small_scenes(num_train=80), tmp_path / "b", num_workers=1)
+    # The natural style: its workers load the texture sources themselves (no shared state).
+    config = functools.partial(_small_scenes, num_train=80, style="natural")
+    a = _build(SyntheticScenes, config(), tmp_path / "a", num_workers=2)
+    b = _build(SyntheticScenes, config(), tmp_path / "b", num_workers=1)
     for split in ("train", "test"):
         _assert_same_records(_records(a, split), _records(b, split))
-    c = _build(SyntheticScenes, _small_scenes(num_train=80, seed=1), tmp_path / "c", num_workers=1)
+    c = _build(SyntheticScenes, config(seed=1), tmp_path / "c", num_workers=1)
     images_a = {ex["image"].tobytes() for ex in _records(a, "train")}
     images_c = {ex["image"].tobytes() for ex in _records(c, "train")}
     assert not images_a & images_c
@@ -326,6 +332,11 @@ def test_scenes_config_validation():
     configs = {c.name: c for c in SyntheticScenes.BUILDER_CONFIGS}
     assert (configs["default"].num_train, configs["default"].image_size) == (20000, 64)
     assert (configs["tiny"].num_train, configs["tiny"].num_validation) == (256, 64)
+    assert configs["default"].style == configs["tiny"].style == "legacy"
+    assert configs["natural"].style == configs["natural_tiny"].style == "natural"
+    assert configs["natural_tiny"].split_sizes() == configs["tiny"].split_sizes()
+    with pytest.raises(ValueError, match="style"):
+        SyntheticScenesConfig(name="x", style="photo")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -333,9 +344,10 @@ def test_scenes_config_validation():
 # ---------------------------------------------------------------------------------------------
 
 
-def test_videos_builder(tmp_path):
+@pytest.mark.parametrize("style", procedural.STYLES)
+def test_videos_builder(tmp_path, style):
     config = SyntheticVideosConfig(
-        name="small", num_frames=6, num_train=3, num_validation=1, num_test=1
+        name="small", num_frames=6, num_train=3, num_validation=1, num_test=1, style=style
     )
     builder = _build(SyntheticVideos, config, tmp_path, num_workers=1)
     features = builder.info.features
@@ -344,7 +356,10 @@ def test_videos_builder(tmp_path):
     assert features["instance_masks"].np_dtype == np.uint8
     records = _records(builder, "train")
     assert len(records) == 3
-    clips = [procedural.render_clip(np.random.default_rng([0, 0, i]), 64, 6) for i in range(3)]
+    clips = [
+        procedural.render_clip(np.random.default_rng([0, 0, i]), 64, 6, style=style)
+        for i in range(3)
+    ]
     for ex in records:
         matches = [c for c in clips if np.array_equal(c.video, ex["video"])]
         assert len(matches) == 1  # PNG frames: lossless

@@ -5,11 +5,12 @@ TensorFlow out of this module keeps those workers light (they import this module
 
 Two styles (`STYLES`):
 
-* `natural` (the default): colour is a nuisance. An object class is a shape family plus a texture
+* `natural`: colour is a nuisance. An object class is a shape family plus a texture
   *structure* (`common.data.textures`); each instance's colours are drawn independently of its
   class. Backgrounds are recoloured patches of photographs with unannotated stuff regions and
   distractor blobs (clutter); objects vary widely in scale and occlude each other.
-* `legacy`: the first generator, kept for reference: a class is a shape family *and* a
+* `legacy` (the default, still that of the datasets' `default` and `tiny` configs): the first
+  generator: a class is a shape family *and* a
   colour/texture distribution (a fixed hue per class) on low-saturation backgrounds, so colour
   alone identifies the classes.
 
@@ -179,7 +180,7 @@ def sample_object(
     image_size: int,
     class_id: int | None = None,
     *,
-    style: str = "natural",
+    style: str = "legacy",
 ):
     """Samples an object with a random class, pose and colour for an `image_size` square image."""
     if style == "natural":
@@ -319,7 +320,7 @@ def _background_color(rng: np.random.Generator) -> np.ndarray:
 
 
 def render_background(
-    rng: np.random.Generator, height: int, width: int, *, style: str = "natural"
+    rng: np.random.Generator, height: int, width: int, *, style: str = "legacy"
 ) -> np.ndarray:
     """Random textured background, float32 `[height, width, 3]` in [0, 255]."""
     if style == "natural":
@@ -434,7 +435,7 @@ def render_scene(
     *,
     min_objects: int = 1,
     max_objects: int = 6,
-    style: str = "natural",
+    style: str = "legacy",
 ) -> Scene:
     """Renders a scene of `min_objects..max_objects` objects on a textured background.
 
@@ -534,7 +535,7 @@ def render_clip(
     *,
     min_objects: int = 1,
     max_objects: int = 5,
-    style: str = "natural",
+    style: str = "legacy",
 ) -> Clip:
     """Renders a clip of objects that translate, scale and rotate under a panning camera.
 
@@ -661,7 +662,7 @@ def scene_record(
     max_objects: int,
     fh_settings: tuple[tuple[float, int], ...],
     fh_dtype: str,
-    style: str = "natural",
+    style: str = "legacy",
 ) -> dict:
     """Renders example `index` of a split and encodes it for TFDS (runs in worker processes).
 
@@ -699,7 +700,7 @@ def clip_record(
     num_frames: int,
     max_objects: int,
     encoding: str,
-    style: str = "natural",
+    style: str = "legacy",
 ) -> dict:
     """Renders clip `index` of a split and encodes its frames (runs in worker processes)."""
     import io

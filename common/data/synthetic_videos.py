@@ -1,9 +1,10 @@
 """`synthetic_videos`: procedurally generated clips of moving objects with masks (TFDS builder).
 
-The objects and backgrounds are those of `synthetic_scenes` (12 classes; since version 2.0.0,
-style `natural`, a class is a shape family plus a texture structure in colours drawn
-independently of the class, on cluttered photograph backgrounds; the `legacy` config keeps the
-1.0.0 generator, where a class also has a fixed hue). In a clip each object translates, scales
+The objects and backgrounds are those of `synthetic_scenes`, in its two styles: `legacy` (the
+`default` and `tiny` configs, unchanged since 1.0.0: a class is a shape family with its own
+colour and texture distribution) and `natural` (the `natural` and `natural_tiny` configs, since
+2.0.0: a class is a shape family plus a texture structure in colours drawn independently of the
+class, on cluttered photograph backgrounds). In a clip each object translates, scales
 and rotates at its own constant rate, the camera pans linearly over a background larger than
 the frame, and the lighting (a per-channel gain) drifts from the first frame to the last; the
 depth order is fixed, so objects occlude each other as they move. Textures are attached to the
@@ -19,8 +20,9 @@ An object is kept only if, in at least one frame, at least 15% of it and ~0.2% o
 so every id appears in the clip. Clip `index` of split `split_id` is rendered from
 `np.random.default_rng([seed, split_id, index])`.
 
-Configs: `default` (16 frames of 64 px, 2,000 / 200 / 200 clips, seed 0), `tiny` (8 frames of
-64 px, 32 / 8 / 8 clips) and `legacy` (the 1.0.0 generator, as `default`). Build with
+Configs: `default` (16 frames of 64 px, 2,000 / 200 / 200 clips, seed 0) and `tiny` (8 frames of
+64 px, 32 / 8 / 8 clips), both `legacy`; `natural` (as `default`) and `natural_tiny` (as
+`tiny`). Build with
 
   python -m common.data.synthetic_videos --data_dir ~/tensorflow_datasets --config default
 """
@@ -55,7 +57,7 @@ class SyntheticVideosConfig(tfds.core.BuilderConfig):
       seed: generation seed.
       max_objects: most objects per clip.
       encoding: frame encoding, `png` (lossless, default) or `jpeg` (quality 95).
-      style: `natural` (colour a nuisance, since 2.0.0) or `legacy` (the 1.0.0 generator).
+      style: `legacy` (the 1.0.0 generator) or `natural` (colour a nuisance, since 2.0.0).
     """
 
     image_size: int = 64
@@ -66,7 +68,7 @@ class SyntheticVideosConfig(tfds.core.BuilderConfig):
     seed: int = 0
     max_objects: int = 5
     encoding: str = "png"
-    style: str = "natural"
+    style: str = "legacy"
 
     def __post_init__(self):
         if self.style not in procedural.STYLES:
@@ -94,9 +96,10 @@ class SyntheticVideos(
     VERSION = tfds.core.Version("2.0.0")
     RELEASE_NOTES = {
         "1.0.0": "First version.",
-        "2.0.0": "Colour is a nuisance (instance colours independent of the class, a class is a "
-        "shape plus a texture structure); photograph backgrounds with stuff regions and "
-        "distractors; wider object scales. The 1.0.0 generator stays as the `legacy` config.",
+        "2.0.0": "New `natural` and `natural_tiny` configs: colour a nuisance (instance colours "
+        "independent of the class, a class is a shape plus a texture structure); photograph "
+        "backgrounds with stuff regions and distractors; wider object scales. The other "
+        "configs render exactly as in 1.0.0.",
     }
     BUILDER_CONFIGS = [
         SyntheticVideosConfig(name="default", description="16 frames, 64 px, 2000/200/200."),
@@ -109,9 +112,18 @@ class SyntheticVideos(
             num_test=8,
         ),
         SyntheticVideosConfig(
-            name="legacy",
-            description="The 1.0.0 generator (class = shape + fixed hue), 16 frames, 64 px.",
-            style="legacy",
+            name="natural",
+            description="Colour a nuisance, cluttered backgrounds; 16 frames, 64 px, 2000/200/200.",
+            style="natural",
+        ),
+        SyntheticVideosConfig(
+            name="natural_tiny",
+            description="`natural`, 8 frames, 64 px, 32/8/8 clips, for tests.",
+            num_frames=8,
+            num_train=32,
+            num_validation=8,
+            num_test=8,
+            style="natural",
         ),
     ]
     DEFAULT_CONFIG_NAME = "default"
