@@ -23,6 +23,10 @@ the examples the `synthetic_scenes` / `synthetic_videos` builders make (the same
   randomly initialised `local` network (`experiments/byol.py:local`, seed 0).
 * `video_colour_probe_over_chance`: the colour probe on clips (the histogram of all frames) for
   the clip's label.
+* `record_cpu_ms` / `record_cpu_over_legacy`: CPU milliseconds to make one dataset record
+  (render, FH, PNG: `procedural.scene_record`) in this style, and over the legacy style's,
+  measured side by side (CPU time, so that a loaded machine changes the ratio little); the build
+  time of a config scales with it (the legacy `default` build: 1 min 36 s on 2 idle cores).
 
 The last line printed is one JSON object with these figures.
 """
@@ -187,6 +191,31 @@ def random_network_abo(scenes: dict) -> float:
     return float(evaluator.run(setup, state, mesh=mesh)["abo_i"])
 
 
+def record_cpu_ms(style: str, count: int = 300, *, seed: int = 0) -> tuple[float, float]:
+    """(CPU ms per record in `style`, the same over the legacy style), interleaved in rounds."""
+    from common.data import procedural, segmentation
+
+    settings = segmentation.default_fh_settings(64, 64)
+
+    def record(index, kind):
+        procedural.scene_record(
+            index, seed=seed, split_id=0, image_size=64, max_objects=6,
+            fh_settings=settings, fh_dtype="uint8", style=kind,
+        )  # fmt: skip
+
+    cpu = {style: 0.0, "legacy": 0.0}
+    for kind in cpu:
+        record(0, kind)  # first use: imports, texture sources
+    for start in range(0, count, count // 3):
+        for kind in cpu:
+            t = time.process_time()
+            for index in range(start, start + count // 3):
+                record(index, kind)
+            cpu[kind] += time.process_time() - t
+    n = 3 * (count // 3)
+    return 1e3 * cpu[style] / n, cpu[style] / cpu["legacy"]
+
+
 def video_histograms(split_id: int, count: int, *, seed: int, style: str, num_frames: int):
     from common.data import procedural
 
@@ -232,6 +261,7 @@ def main(argv=None):
         1, args.num_eval_clips, seed=args.seed, style=args.style, num_frames=args.num_frames
     )
     video_colour, video_chance = probe_over_chance(*vtrain, *vval, k)
+    cpu_ms, cpu_ratio = record_cpu_ms(args.style, seed=args.seed)
     result = {
         "colour_probe_over_chance": round(colour, 3),
         "fh_abo_i": round(fh_abo, 4),
@@ -239,6 +269,8 @@ def main(argv=None):
         "fh_gap_to_ceiling": round(ceiling - fh_abo, 4),
         "random_abo_i": None if random_abo is None else round(random_abo, 4),
         "video_colour_probe_over_chance": round(video_colour, 3),
+        "record_cpu_ms": round(cpu_ms, 2),
+        "record_cpu_over_legacy": round(cpu_ratio, 3),
         "chance": round(chance, 4),
         "video_chance": round(video_chance, 4),
         "style": args.style,

@@ -24,10 +24,12 @@ import os
 
 import jax
 
-# Config fields that change how a network trains but not its initialisation or its evaluation.
+# Config fields that change how a network trains but not its initialisation or its evaluation
+# (`ema` stays in the key: its `init` decides the target network's initial weights, which an
+# evaluator may score with `network=target`).
 TRAINING_ONLY = (
     "total_steps", "num_epochs", "log_every_steps", "eval_every_steps", "pictures_every_steps",
-    "checkpoint", "ema", "loss", "augment", "optimizer", "distributed", "random_init_baseline",
+    "checkpoint", "loss", "augment", "optimizer", "distributed", "random_init_baseline",
 )  # fmt: skip
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _SKIPPED_DIRS = {"tests", "benchmarks", "notebooks", "docs", "__pycache__"}
