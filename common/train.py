@@ -444,6 +444,9 @@ def run_final_evaluation(setup: Setup, state: TrainState, workdir: str, logger) 
         print("evaluation at step", int(state.step))
         for k, v in results.items():
             print(f"  {k:<{width}}  {v:.4f}")
+        from common.eval import random_init
+
+        random_init.compare(setup, state, results, workdir)
     return results
 
 

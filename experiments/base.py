@@ -58,6 +58,9 @@ def base_config(method: str, variant: str) -> ml_collections.ConfigDict:
     c.log_every_steps = 10
     c.eval_every_steps = 0  # 0: evaluate at the end only
     c.pictures_every_steps = 0  # 0: no pictures during training
+    # Print the final evaluation beside the random network's (computed once, cached under the
+    # data dir: common.eval.random_init).
+    c.random_init_baseline = True
     c.checkpoint = ml_collections.ConfigDict({"every_steps": 100, "keep": 3})
     c.ema = ml_collections.ConfigDict({"base_tau": 0.996, "init": "independent"})
     c.loss = ml_collections.ConfigDict({"temperature": 0.1})

@@ -32,6 +32,9 @@ TINY_OVERRIDES = {
     "evals.seg_probe.enabled": False,
     "evals.linear_probe.enabled": False,
     "evals.knn.enabled": False,
+    # The random network's figures beside the final ones: tested once (test_eval.py), not in
+    # every tiny run.
+    "random_init_baseline": False,
 }
 
 

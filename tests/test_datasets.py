@@ -1,5 +1,6 @@
 """Embedded datasets: synthetic_scenes and synthetic_videos (rendering, TFDS builders, FH rule)."""
 
+import functools
 import os
 import subprocess
 import sys
@@ -63,10 +64,11 @@ def _check_scene(scene):
     assert scene.labels[scene.label]
 
 
-def test_scenes_masks_and_labels_agree():
+@pytest.mark.parametrize("style", procedural.STYLES)
+def test_scenes_masks_and_labels_agree(style):
     counts = []
     for i in range(60):
-        scene = procedural.render_scene(np.random.default_rng([3, 0, i]), 64)
+        scene = procedural.render_scene(np.random.default_rng([3, 0, i]), 64, style=style)
         _check_scene(scene)
         counts.append(len(scene.instance_classes))
     assert min(counts) >= 1 and max(counts) <= 6 and len(set(counts)) >= 4
@@ -76,8 +78,8 @@ def test_scene_occluded_objects_are_dropped(monkeypatch):
     # Two identical discs at the same place: the lower one is fully hidden and must vanish.
     real = procedural.sample_object
 
-    def same_disc(rng, size, class_id=None):
-        obj = real(rng, size, class_id=0)
+    def same_disc(rng, size, class_id=None, **kwargs):
+        obj = real(rng, size, class_id=0, **kwargs)
         obj.cx = obj.cy = size / 2
         obj.radius = size / 5
         return obj
@@ -104,7 +106,8 @@ def test_default_fh_settings_give_several_segments():
     assert segmentation.default_fh_settings(224, 224) == ((358.0, 358),)
     counts = []
     for i in range(40):
-        scene = procedural.render_scene(np.random.default_rng([0, 0, i]), 64)
+        # The legacy scenes: few flat regions, the case where too large a scale merges them all.
+        scene = procedural.render_scene(np.random.default_rng([0, 0, i]), 64, style="legacy")
         ids = segmentation.felzenszwalb_ids(scene.image, ((29.0, 29),))
         counts.append(int(ids.max()) + 1)
     # skimage's defaults (1000, 1000) would give a single segment on every 64 px image.
@@ -112,9 +115,62 @@ def test_default_fh_settings_give_several_segments():
     assert np.mean([3 <= c <= 25 for c in counts]) >= 0.8
 
 
-def test_clip_ids_constant_over_time():
+def _instance_hue_bins(scenes, bins: int = 6) -> tuple[np.ndarray, np.ndarray]:
+    """(class, bin of the circular mean hue) of every instance with >= 20 visible pixels; the
+    mean weights each pixel's hue vector by its saturation (grey pixels carry no hue)."""
+    from skimage.color import rgb2hsv
+
+    classes, hue_bins = [], []
+    for scene in scenes:
+        hsv = rgb2hsv(scene.image)
+        vec = hsv[..., 1] * np.exp(2j * np.pi * hsv[..., 0])
+        for k, c in enumerate(scene.instance_classes, start=1):
+            inside = scene.instance_mask == k
+            if inside.sum() >= 20:
+                mean_hue = (np.angle(vec[inside].mean()) / (2 * np.pi)) % 1.0
+                classes.append(c)
+                hue_bins.append(min(int(mean_hue * bins), bins - 1))
+    return np.asarray(classes), np.asarray(hue_bins)
+
+
+def test_natural_classes_are_colour_independent():
+    # A chi-square test of independence between an instance's class and its mean hue (6 bins)
+    # over the instances of 300 scenes (the `tiny` train split's renders and more). Colours are
+    # drawn independently of the class, so independence must not be rejected at the 0.1% level
+    # (the data are fixed by the seeds: this is one draw, not a flaky test). The legacy generator
+    # (a fixed hue per class) is rejected overwhelmingly: the test has the power to see a link.
+    from scipy.stats import chi2_contingency
+
+    def p_value(style):
+        scenes = [
+            procedural.render_scene(np.random.default_rng([0, 0, i]), 64, style=style)
+            for i in range(300)
+        ]
+        classes, hue_bins = _instance_hue_bins(scenes)
+        table = np.zeros((procedural.NUM_CLASSES, 6))
+        np.add.at(table, (classes, hue_bins), 1)
+        assert table.sum() >= 600 and table.min() >= 0  # enough instances for the chi-square
+        return chi2_contingency(table).pvalue
+
+    assert p_value("natural") > 1e-3
+    assert p_value("legacy") < 1e-30
+
+
+def test_natural_render_is_a_function_of_the_generator_only():
+    # Same generator state, same scene (the texture caches add no hidden state).
+    a = procedural.render_scene(np.random.default_rng([5, 1, 7]), 64, style="natural")
+    procedural.render_scene(np.random.default_rng(123), 64, style="natural")  # draws in between
+    b = procedural.render_scene(np.random.default_rng([5, 1, 7]), 64, style="natural")
+    for field in ("image", "instance_mask", "class_mask", "instance_classes", "labels"):
+        np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
+    c = procedural.render_scene(np.random.default_rng([5, 1, 8]), 64, style="natural")
+    assert not np.array_equal(a.image, c.image)
+
+
+@pytest.mark.parametrize("style", procedural.STYLES)
+def test_clip_ids_constant_over_time(style):
     for i in range(4):
-        clip = procedural.render_clip(np.random.default_rng([1, 0, i]), 48, 8)
+        clip = procedural.render_clip(np.random.default_rng([1, 0, i]), 48, 8, style=style)
         n = len(clip.instance_classes)
         assert clip.video.shape == (8, 48, 48, 3) and clip.instance_masks.shape == (8, 48, 48)
         present = np.unique(clip.instance_masks)
@@ -142,8 +198,9 @@ def test_clip_ids_constant_over_time():
 # ---------------------------------------------------------------------------------------------
 
 
-def test_scenes_builder_features_and_content(tmp_path):
-    builder = _build(SyntheticScenes, _small_scenes(), tmp_path, num_workers=1)
+@pytest.mark.parametrize("style", procedural.STYLES)
+def test_scenes_builder_features_and_content(tmp_path, style):
+    builder = _build(SyntheticScenes, _small_scenes(style=style), tmp_path, num_workers=1)
     features = builder.info.features
     assert features["image"].shape == (64, 64, 3)
     assert features["instance_mask"].shape == (64, 64, 1)
@@ -162,7 +219,8 @@ def test_scenes_builder_features_and_content(tmp_path):
         # Records come shuffled by key: match each one to the renderer's output by its pixels.
         n = builder.info.splits[split].num_examples
         scenes = [
-            procedural.render_scene(np.random.default_rng([0, split_id, i]), 64) for i in range(n)
+            procedural.render_scene(np.random.default_rng([0, split_id, i]), 64, style=style)
+            for i in range(n)
         ]
         by_image = {scene.image.tobytes(): scene for scene in scenes}
         records = _records(builder, split)
@@ -180,11 +238,13 @@ def test_scenes_builder_features_and_content(tmp_path):
 
 def test_scenes_deterministic_across_runs_and_workers(tmp_path):
     # Two workers against one: same records, so generation order and parallelism do not matter.
-    a = _build(SyntheticScenes, _small_scenes(num_train=80), tmp_path / "a", num_workers=2)
-    b = _build(SyntheticScenes, _small_scenes(num_train=80), tmp_path / "b", num_workers=1)
+    # The natural style: its workers load the texture sources themselves (no shared state).
+    config = functools.partial(_small_scenes, num_train=80, style="natural")
+    a = _build(SyntheticScenes, config(), tmp_path / "a", num_workers=2)
+    b = _build(SyntheticScenes, config(), tmp_path / "b", num_workers=1)
     for split in ("train", "test"):
         _assert_same_records(_records(a, split), _records(b, split))
-    c = _build(SyntheticScenes, _small_scenes(num_train=80, seed=1), tmp_path / "c", num_workers=1)
+    c = _build(SyntheticScenes, config(seed=1), tmp_path / "c", num_workers=1)
     images_a = {ex["image"].tobytes() for ex in _records(a, "train")}
     images_c = {ex["image"].tobytes() for ex in _records(c, "train")}
     assert not images_a & images_c
@@ -272,6 +332,11 @@ def test_scenes_config_validation():
     configs = {c.name: c for c in SyntheticScenes.BUILDER_CONFIGS}
     assert (configs["default"].num_train, configs["default"].image_size) == (20000, 64)
     assert (configs["tiny"].num_train, configs["tiny"].num_validation) == (256, 64)
+    assert configs["default"].style == configs["tiny"].style == "legacy"
+    assert configs["natural"].style == configs["natural_tiny"].style == "natural"
+    assert configs["natural_tiny"].split_sizes() == configs["tiny"].split_sizes()
+    with pytest.raises(ValueError, match="style"):
+        SyntheticScenesConfig(name="x", style="photo")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -279,9 +344,10 @@ def test_scenes_config_validation():
 # ---------------------------------------------------------------------------------------------
 
 
-def test_videos_builder(tmp_path):
+@pytest.mark.parametrize("style", procedural.STYLES)
+def test_videos_builder(tmp_path, style):
     config = SyntheticVideosConfig(
-        name="small", num_frames=6, num_train=3, num_validation=1, num_test=1
+        name="small", num_frames=6, num_train=3, num_validation=1, num_test=1, style=style
     )
     builder = _build(SyntheticVideos, config, tmp_path, num_workers=1)
     features = builder.info.features
@@ -290,7 +356,10 @@ def test_videos_builder(tmp_path):
     assert features["instance_masks"].np_dtype == np.uint8
     records = _records(builder, "train")
     assert len(records) == 3
-    clips = [procedural.render_clip(np.random.default_rng([0, 0, i]), 64, 6) for i in range(3)]
+    clips = [
+        procedural.render_clip(np.random.default_rng([0, 0, i]), 64, 6, style=style)
+        for i in range(3)
+    ]
     for ex in records:
         matches = [c for c in clips if np.array_equal(c.video, ex["video"])]
         assert len(matches) == 1  # PNG frames: lossless

@@ -336,6 +336,40 @@ def test_supervised_backbone_beats_random_init_on_every_evaluator(data_dir, supe
         assert got["trained"][key] > got["random"][key] + margin, (key, got)
 
 
+def test_trainer_prints_final_figures_beside_the_cached_random_network(data_dir, tmp_path, capsys):
+    from common.eval import random_init
+
+    workdir = str(tmp_path / "run")
+    config = helpers.tiny_config("byol", data_dir, total_steps=2, random_init_baseline=True)
+    results = train.main(config, workdir)
+    printed = capsys.readouterr().out
+    assert "beside the random initialisation" in printed
+    setup, fresh, mesh = _random_state(config)
+    expected = run_evaluators(setup, fresh, mesh=mesh, names=["monitor"])
+    # Cached under the data dir, with the figures of the config's fresh initialisation.
+    path = random_init.cache_path(config, workdir, ["monitor"])
+    assert path.startswith(os.path.join(data_dir, "random_init_evals"))
+    with open(path) as f:
+        cached = json.load(f)["results"]
+    assert cached == pytest.approx(expected, rel=1e-6)
+    line = next(x for x in printed.splitlines() if x.strip().startswith("monitor/top1") and
+                len(x.split()) == 4)  # fmt: skip
+    trained, random, change = (float(v) for v in line.split()[1:])
+    assert trained == pytest.approx(results["monitor/top1"], abs=5e-5)
+    assert random == pytest.approx(expected["monitor/top1"], abs=5e-5)
+    assert change == pytest.approx(trained - random, abs=2e-4)
+    # Computed once: a second comparison reads the file (a planted figure comes back) ...
+    with open(path, "w") as f:
+        json.dump({"results": {"monitor/top1": 0.125}}, f)
+    again = random_init.compare(setup, fresh, {"monitor/top1": 0.5}, workdir)
+    assert again == {"monitor/top1": 0.125}
+    # ... and the key follows what the figures depend on, not the training budget.
+    longer = helpers.tiny_config("byol", data_dir, total_steps=50, random_init_baseline=True)
+    other_seed = helpers.tiny_config("byol", data_dir, seed=1, random_init_baseline=True)
+    assert random_init.cache_path(longer, workdir, ["monitor"]) == path
+    assert random_init.cache_path(other_seed, workdir, ["monitor"]) != path
+
+
 def _evaluate_args(experiment, data_dir, workdir, *extra):
     """The command line of `common.evaluate` with the supervised run's config."""
     evals = {

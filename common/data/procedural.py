@@ -3,9 +3,19 @@
 Pure NumPy on purpose: the dataset builders render examples in worker processes, and keeping
 TensorFlow out of this module keeps those workers light (they import this module, not TFDS).
 
-An object class is a shape family *and* a colour/texture distribution, so that a network can learn
-the classes from appearance and from shape. Geometry is evaluated in the object's own frame
-(`u`, `v`, in units of its radius), so textures rotate and scale with the object.
+Two styles (`STYLES`):
+
+* `natural`: colour is a nuisance. An object class is a shape family plus a texture
+  *structure* (`common.data.textures`); each instance's colours are drawn independently of its
+  class. Backgrounds are recoloured patches of photographs with unannotated stuff regions and
+  distractor blobs (clutter); objects vary widely in scale and occlude each other.
+* `legacy` (the default, still that of the datasets' `default` and `tiny` configs): the first
+  generator: a class is a shape family *and* a
+  colour/texture distribution (a fixed hue per class) on low-saturation backgrounds, so colour
+  alone identifies the classes.
+
+Geometry is evaluated in the object's own frame (`u`, `v`, in units of its radius), so textures
+rotate and scale with the object.
 """
 
 from __future__ import annotations
@@ -15,6 +25,10 @@ import dataclasses
 from collections.abc import Callable
 
 import numpy as np
+
+from common.data import textures
+
+STYLES = ("natural", "legacy")
 
 # ---------------------------------------------------------------------------------------------
 # Shape families: inside tests in the object frame (u, v in units of the object radius).
@@ -141,8 +155,10 @@ class ObjectSpec:
       angle: rotation in radians.
       color: base RGB in [0, 255], float32 `[3]`.
       secondary: second RGB colour for two-colour textures.
-      texture_freq: texture frequency in cycles per radius.
+      texture_freq: texture frequency in cycles per radius (`natural`: tile pixels per radius).
       texture_seed: seed of the per-object texture noise.
+      palette: `natural` style: float32 `[3, 3]` instance colours (None: `legacy` texture).
+      texture_offset: `natural` style: (x, y) offset of the object frame's origin in the tile.
     """
 
     class_id: int
@@ -154,10 +170,22 @@ class ObjectSpec:
     secondary: np.ndarray
     texture_freq: float
     texture_seed: int
+    palette: np.ndarray | None = None
+    texture_offset: tuple[float, float] = (0.0, 0.0)
 
 
-def sample_object(rng: np.random.Generator, image_size: int, class_id: int | None = None):
+def sample_object(
+    rng: np.random.Generator,
+    image_size: int,
+    class_id: int | None = None,
+    *,
+    style: str = "legacy",
+):
     """Samples an object with a random class, pose and colour for an `image_size` square image."""
+    if style == "natural":
+        return _sample_natural_object(rng, image_size, class_id)
+    if style != "legacy":
+        raise ValueError(f"unknown style {style!r}; expected one of {STYLES}")
     if class_id is None:
         class_id = int(rng.integers(NUM_CLASSES))
     cls = CLASSES[class_id]
@@ -182,6 +210,28 @@ def sample_object(rng: np.random.Generator, image_size: int, class_id: int | Non
         secondary=secondary.astype(np.float32),
         texture_freq=float(rng.uniform(1.2, 2.0)),
         texture_seed=int(rng.integers(2**31)),
+    )
+
+
+def _sample_natural_object(rng: np.random.Generator, image_size: int, class_id: int | None):
+    """`natural` style: colours independent of the class, scales over a ~4x range."""
+    if class_id is None:
+        class_id = int(rng.integers(NUM_CLASSES))
+    palette = textures.random_palette(rng)
+    radius = float(rng.uniform(0.08, 0.3) * image_size)
+    zoom = rng.uniform(0.7, 1.4)  # tile pixels per image pixel: texture density varies too
+    return ObjectSpec(
+        class_id=class_id,
+        cx=float(rng.uniform(0.1, 0.9) * image_size),
+        cy=float(rng.uniform(0.1, 0.9) * image_size),
+        radius=radius,
+        angle=float(rng.uniform(0.0, 2.0 * np.pi)),
+        color=palette[1],
+        secondary=palette[0],
+        texture_freq=float(radius * zoom),
+        texture_seed=int(rng.integers(2**31)),
+        palette=palette,
+        texture_offset=(float(rng.uniform(0, textures.TILE)), float(rng.uniform(0, textures.TILE))),
     )
 
 
@@ -217,6 +267,10 @@ def shape_mask(class_id: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 def texture(obj: ObjectSpec, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     """RGB float32 `[h, w, 3]` appearance of the object at object-frame coordinates."""
+    if obj.palette is not None:  # natural style: the class's structure in the instance's colours
+        tile = textures.class_tiles()[obj.class_id]
+        g = textures.sample_tile(tile, u, v, obj.texture_freq, obj.texture_offset)
+        return textures.palette_map(g, obj.palette).astype(np.float32)
     kind = CLASSES[obj.class_id].texture
     f = obj.texture_freq
     color, second = obj.color, obj.secondary
@@ -264,8 +318,12 @@ def _background_color(rng: np.random.Generator) -> np.ndarray:
     return _hsv_to_rgb255(rng.uniform(), rng.uniform(0.0, 0.35), rng.uniform(0.3, 0.9))
 
 
-def render_background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+def render_background(
+    rng: np.random.Generator, height: int, width: int, *, style: str = "legacy"
+) -> np.ndarray:
     """Random textured background, float32 `[height, width, 3]` in [0, 255]."""
+    if style == "natural":
+        return _natural_background(rng, height, width)
     kind = BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
     c0, c1 = _background_color(rng), _background_color(rng)
     ys = np.arange(height, dtype=np.float32)[:, None]
@@ -299,6 +357,30 @@ def render_background(rng: np.random.Generator, height: int, width: int) -> np.n
         # bands that FH cannot merge (their internal difference is 0), giving dozens of slivers.
         image = image + 2.5 * rng.standard_normal((height, width, 3), dtype=np.float32)
     return np.asarray(image, dtype=np.float32)
+
+
+def _natural_background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """A photograph patch with 1-3 stuff regions (other photographs) and 0-3 distractor blobs
+    (non-class structures in random colours), none of them annotated: the clutter that keeps
+    FH and colour from finding the objects for free."""
+    size = float(max(height, width))
+    image = textures.photo_patch(rng, height, width)
+    for _ in range(int(rng.integers(1, 4))):
+        cx, cy = rng.uniform(0, width), rng.uniform(0, height)
+        inside = textures.blob_mask(rng, height, width, cx, cy, rng.uniform(0.25, 0.6) * size)
+        image[inside] = textures.photo_patch(rng, height, width)[inside]
+    tiles = textures.distractor_tiles()
+    ys = np.arange(height, dtype=np.float32)[:, None]
+    xs = np.arange(width, dtype=np.float32)[None, :]
+    for _ in range(int(rng.integers(0, 4))):
+        cx, cy = rng.uniform(0, width), rng.uniform(0, height)
+        inside = textures.blob_mask(rng, height, width, cx, cy, rng.uniform(0.05, 0.16) * size)
+        tile = tiles[int(rng.integers(len(tiles)))]
+        offset = (rng.uniform(0, textures.TILE), rng.uniform(0, textures.TILE))
+        g = textures.sample_tile(tile, xs + 0 * ys, ys + 0 * xs, rng.uniform(0.7, 1.4), offset)
+        image[inside] = textures.palette_map(g[inside], textures.random_palette(rng))
+    # Sensor-like noise, as on the legacy backgrounds (flat uint8 bands otherwise).
+    return image + 2.5 * rng.standard_normal((height, width, 3), dtype=np.float32)
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
@@ -347,7 +429,12 @@ def _majority_class(class_mask: np.ndarray) -> int:
 
 
 def render_scene(
-    rng: np.random.Generator, image_size: int, *, min_objects: int = 1, max_objects: int = 6
+    rng: np.random.Generator,
+    image_size: int,
+    *,
+    min_objects: int = 1,
+    max_objects: int = 6,
+    style: str = "legacy",
 ) -> Scene:
     """Renders a scene of `min_objects..max_objects` objects on a textured background.
 
@@ -360,6 +447,7 @@ def render_scene(
       image_size: side of the square image in pixels.
       min_objects: least number of objects drawn before the visibility filter.
       max_objects: largest number of objects.
+      style: `natural` or `legacy` (see the module docstring).
 
     Returns:
       A `Scene` with at least one object.
@@ -368,8 +456,8 @@ def render_scene(
     min_px = _min_visible_pixels(size, size)
     while True:  # redraw in the (rare) case that no object is visible enough
         num = int(rng.integers(min_objects, max_objects + 1))
-        objects = [sample_object(rng, size) for _ in range(num)]
-        background = render_background(rng, size, size)
+        objects = [sample_object(rng, size, style=style) for _ in range(num)]
+        background = render_background(rng, size, size, style=style)
         shapes = []
         for obj in objects:
             box = object_box(obj.cx, obj.cy, obj.radius, size, size)
@@ -446,6 +534,7 @@ def render_clip(
     *,
     min_objects: int = 1,
     max_objects: int = 5,
+    style: str = "legacy",
 ) -> Clip:
     """Renders a clip of objects that translate, scale and rotate under a panning camera.
 
@@ -459,6 +548,7 @@ def render_clip(
       num_frames: number of frames `T`.
       min_objects: least number of objects drawn before the visibility filter.
       max_objects: largest number of objects.
+      style: `natural` or `legacy` (see the module docstring).
 
     Returns:
       A `Clip` with at least one object visible in at least one frame.
@@ -472,11 +562,11 @@ def render_clip(
     t = np.arange(frames, dtype=np.float64)
     while True:
         num = int(rng.integers(min_objects, max_objects + 1))
-        objects = [sample_object(rng, size) for _ in range(num)]
+        objects = [sample_object(rng, size, style=style) for _ in range(num)]
         velocity = rng.uniform(-1.5, 1.5, size=(num, 2)) * unit
         growth = rng.uniform(-0.025, 0.025, size=num)
         spin = rng.uniform(-0.15, 0.15, size=num)
-        background = render_background(rng, canvas, canvas)
+        background = render_background(rng, canvas, canvas, style=style)
         cam_velocity = rng.uniform(-pan_speed, pan_speed, size=2)
         # Camera offset (x, y) of the frame's top-left corner on the canvas, centred over time.
         cam = margin + (t[:, None] - (frames - 1) / 2.0) * cam_velocity[None, :]
@@ -571,6 +661,7 @@ def scene_record(
     max_objects: int,
     fh_settings: tuple[tuple[float, int], ...],
     fh_dtype: str,
+    style: str = "legacy",
 ) -> dict:
     """Renders example `index` of a split and encodes it for TFDS (runs in worker processes).
 
@@ -585,7 +676,7 @@ def scene_record(
     from common.data import segmentation  # local: keeps this module's import graph minimal
 
     rng = np.random.default_rng([seed, split_id, index])
-    scene = render_scene(rng, image_size, max_objects=max_objects)
+    scene = render_scene(rng, image_size, max_objects=max_objects, style=style)
     masks = segmentation.fh_masks(
         scene.image, fh_settings, fh_dtype, record=f"split {split_id} index {index}"
     )
@@ -608,6 +699,7 @@ def clip_record(
     num_frames: int,
     max_objects: int,
     encoding: str,
+    style: str = "legacy",
 ) -> dict:
     """Renders clip `index` of a split and encodes its frames (runs in worker processes)."""
     import io
@@ -615,7 +707,7 @@ def clip_record(
     from PIL import Image
 
     rng = np.random.default_rng([seed, split_id, index])
-    clip = render_clip(rng, image_size, num_frames, max_objects=max_objects)
+    clip = render_clip(rng, image_size, num_frames, max_objects=max_objects, style=style)
     frames = []
     for frame in clip.video:
         if encoding == "png":

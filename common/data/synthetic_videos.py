@@ -1,11 +1,14 @@
 """`synthetic_videos`: procedurally generated clips of moving objects with masks (TFDS builder).
 
-The objects are those of `synthetic_scenes` (12 classes, each a shape family with its own colour
-and texture distribution). In a clip each object translates, scales and rotates at its own
-constant rate, the camera pans linearly over a background larger than the frame, and the
-lighting (a per-channel gain) drifts from the first frame to the last; the depth order is fixed,
-so objects occlude each other as they move. Textures are attached to the objects, so a tracked
-point keeps its appearance up to the lighting change.
+The objects and backgrounds are those of `synthetic_scenes`, in its two styles: `legacy` (the
+`default` and `tiny` configs, unchanged since 1.0.0: a class is a shape family with its own
+colour and texture distribution) and `natural` (the `natural` and `natural_tiny` configs, since
+2.0.0: a class is a shape family plus a texture structure in colours drawn independently of the
+class, on cluttered photograph backgrounds). In a clip each object translates, scales
+and rotates at its own constant rate, the camera pans linearly over a background larger than
+the frame, and the lighting (a per-channel gain) drifts from the first frame to the last; the
+depth order is fixed, so objects occlude each other as they move. Textures are attached to the
+objects, so a tracked point keeps its appearance up to the lighting change.
 
 Features (docs/ARCHITECTURE.md):
   video            Video (T, S, S, 3) uint8, frames PNG-encoded (or JPEG, `encoding`)
@@ -18,7 +21,8 @@ so every id appears in the clip. Clip `index` of split `split_id` is rendered fr
 `np.random.default_rng([seed, split_id, index])`.
 
 Configs: `default` (16 frames of 64 px, 2,000 / 200 / 200 clips, seed 0) and `tiny` (8 frames of
-64 px, 32 / 8 / 8 clips). Build with
+64 px, 32 / 8 / 8 clips), both `legacy`; `natural` (as `default`) and `natural_tiny` (as
+`tiny`). Build with
 
   python -m common.data.synthetic_videos --data_dir ~/tensorflow_datasets --config default
 """
@@ -50,6 +54,7 @@ class SyntheticVideosConfig(tfds.core.BuilderConfig):
       seed: generation seed.
       max_objects: most objects per clip.
       encoding: frame encoding, `png` (lossless, default) or `jpeg` (quality 95).
+      style: `legacy` (the 1.0.0 generator) or `natural` (colour a nuisance, since 2.0.0).
     """
 
     image_size: int = 64
@@ -60,8 +65,11 @@ class SyntheticVideosConfig(tfds.core.BuilderConfig):
     seed: int = 0
     max_objects: int = 5
     encoding: str = "png"
+    style: str = "legacy"
 
     def __post_init__(self):
+        if self.style not in procedural.STYLES:
+            raise ValueError(f"style must be one of {procedural.STYLES}, got {self.style!r}")
         if not 16 <= self.image_size <= 224:
             raise ValueError(f"image_size must be in [16, 224], got {self.image_size}")
         if self.num_frames < 1:
@@ -81,8 +89,14 @@ class SyntheticVideos(
 ):
     """Clips of moving, occluding objects under a panning camera, with per-frame instance ids."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "First version."}
+    VERSION = tfds.core.Version("2.0.0")
+    RELEASE_NOTES = {
+        "1.0.0": "First version.",
+        "2.0.0": "New `natural` and `natural_tiny` configs: colour a nuisance (instance colours "
+        "independent of the class, a class is a shape plus a texture structure); photograph "
+        "backgrounds with stuff regions and distractors; wider object scales. The other "
+        "configs render exactly as in 1.0.0.",
+    }
     BUILDER_CONFIGS = [
         SyntheticVideosConfig(name="default", description="16 frames, 64 px, 2000/200/200."),
         SyntheticVideosConfig(
@@ -92,6 +106,20 @@ class SyntheticVideos(
             num_train=32,
             num_validation=8,
             num_test=8,
+        ),
+        SyntheticVideosConfig(
+            name="natural",
+            description="Colour a nuisance, cluttered backgrounds; 16 frames, 64 px, 2000/200/200.",
+            style="natural",
+        ),
+        SyntheticVideosConfig(
+            name="natural_tiny",
+            description="`natural`, 8 frames, 64 px, 32/8/8 clips, for tests.",
+            num_frames=8,
+            num_train=32,
+            num_validation=8,
+            num_test=8,
+            style="natural",
         ),
     ]
     DEFAULT_CONFIG_NAME = "default"
@@ -115,7 +143,7 @@ class SyntheticVideos(
             ),
             supervised_keys=("video", "label"),
             metadata=tfds.core.MetadataDict(
-                seed=config.seed, class_names=list(procedural.CLASS_NAMES)
+                seed=config.seed, style=config.style, class_names=list(procedural.CLASS_NAMES)
             ),
         )
 
@@ -129,6 +157,7 @@ class SyntheticVideos(
             num_frames=config.num_frames,
             max_objects=config.max_objects,
             encoding=config.encoding,
+            style=config.style,
         )
         records = self.render(render, num_examples, chunksize=8)
         for index, record in enumerate(records):

@@ -108,6 +108,8 @@ def configure(run: Run, budget: Budget) -> ml_collections.ConfigDict:
     # Checkpoints at the evaluations: an interrupted table resumes a run where it stopped.
     config.checkpoint.every_steps = budget.eval_every_steps or budget.steps
     config.pictures_every_steps = 0
+    # The tables score the random initialisation as a row of their own.
+    config.random_init_baseline = False
     evals = ml_collections.ConfigDict()
     for name, options in budget.evals.items():
         base = config.evals[name] if name in config.evals else evaluator_config(name)
