@@ -68,6 +68,8 @@ class Checkpointer:
             ),
             force=True,
         )
+        if jax.process_index() == 0:
+            print(f"checkpoint: step {step} -> {self.directory}/{step}", flush=True)
 
     def restore(self, step: int, abstract_state: Any, signature: dict[str, Any]) -> Any:
         """Restores `step` onto the shardings of `abstract_state`, after checking the signature."""

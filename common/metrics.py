@@ -48,6 +48,7 @@ class MetricLogger:
         self.is_primary = jax.process_index() == 0
         self.total_steps = total_steps
         self.global_batch_size = global_batch_size
+        self.workdir = workdir
         self.jsonl_path = os.path.join(workdir, "metrics.jsonl")
         self.writer = metric_writers.create_default_writer(
             workdir, just_logging=not self.is_primary, asynchronous=True
@@ -56,6 +57,12 @@ class MetricLogger:
         self._last_step: int | None = None
 
     def start(self, step: int) -> None:
+        if self.is_primary and step < self.total_steps:
+            print(
+                f"training steps {step + 1}..{self.total_steps} (the first one compiles); "
+                f"metrics: {self.jsonl_path}, TensorBoard: {self.workdir}",
+                flush=True,
+            )
         self._last_time, self._last_step = time.perf_counter(), step
 
     def log(self, step: int, scalars: Mapping[str, float], *, prefix: str = "train") -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from common import console
 from common.export import FORMATS, run
 
 
@@ -10,6 +11,7 @@ def main(argv) -> None:
 
     if len(argv) > 1:
         raise SystemExit(f"common.export: error: unexpected arguments {argv[1:]}")
+    console.quiet()
     f = flags.FLAGS
     try:
         print(
