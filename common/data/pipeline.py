@@ -1,7 +1,8 @@
 """Host input pipelines (tf.data): pretraining views, video frame pairs, evaluation batches.
 
 The host does what must treat an image and its masks together (decode, random resized crop,
-flip, resize; DESIGN.md "data"); photometric augmentation happens on device (`common.augment`).
+flip, resize; docs/DESIGN.md §2, "data"); photometric augmentation happens on device
+(`common.augment`).
 
 Sources. Every `make_*` function reads either the TFDS dataset the config names (`name`,
 `data_dir`, `split`; this process reads `tfds.even_splits(split, process_count)[process_index]`)
@@ -92,7 +93,7 @@ def default_data_config() -> ml_collections.ConfigDict:
         Global batch k is the concatenation of batch k of every slice, so fixing num_shards
         makes the stream independent of the number of processes reading it (a job resumed on a
         different slice of a pod, or one process emulating two). A multiple of process_count.
-      discovery_view: also emit Odin's discovery view `view0` (METHODS.md §6.3): a large crop
+      discovery_view: also emit Odin's discovery view `view0` (docs/METHODS.md §6.3): a large crop
         of the image, never flipped, with its box `box0` (and `mask0` when there is a mask
         source); the representation views stay crops of the whole image.
       discovery_crop_scale: (min, max) area fraction of the discovery crop [DEFAULT (0.5, 1)].
@@ -355,7 +356,7 @@ def _views(
 def _discovery_view(
     cfg: types.SimpleNamespace, seed: tf.Tensor, image: tf.Tensor, ids: tf.Tensor | None
 ) -> dict[str, tf.Tensor]:
-    """Odin's discovery view: a large crop, no flip, no photometric change (METHODS.md §6.3).
+    """Odin's discovery view: a large crop, no flip, no photometric change (docs/METHODS.md §6.3).
 
     Returns:
       `view0` float32 `[S0, S0, 3]`, `box0` float32 `[4]`, `flip0` int32 `[]` (always 0), and
