@@ -35,6 +35,8 @@ EXTRAS = {
         "scikit-video==1.1.11",
     ],
     "notebooks": ["nbformat>=5", "nbclient>=0.10", "ipykernel>=6", "matplotlib>=3.8"],
+    # FH masks on a Dask cluster (common/data/beam_dask.py, tests/test_beam_dask.py).
+    "dask": ["apache-beam[dask]==2.77.*", "dask[distributed]==2026.8.*"],
 }
 EXTRAS["all"] = sorted({dep for deps in EXTRAS.values() for dep in deps})
 # Not in `all` (CI does not install it): torch and torchvision for `common.export`'s torch

@@ -7,32 +7,11 @@ projector, following the online network by EMA. Loss: `2 - 2 cos` in both direct
 
 from __future__ import annotations
 
-import jax
-
 from common import losses
-from common.method import Method, flatten_projection, register, two_view_outputs
-from common.network import build_network
+from common.method import flatten_projection
+from common.two_tower import TwoTowerMethod
 
 
-class TwoTowerMethod(Method):
-    """An online network with a predictor and an EMA target without one (BYOL, MoCLR, DetCon_B)."""
-
-    ema_networks = {"target": "online"}
-
-    def build_networks(self):
-        return {
-            "online": build_network(self.config, predictor=True),
-            "target": build_network(self.config, predictor=False),
-        }
-
-    def forward(self, nets, batch, **kwargs):
-        """Online and target outputs of both views; target outputs carry no gradient."""
-        online1, online2 = two_view_outputs(nets, batch, "online", **kwargs)
-        target1, target2 = jax.lax.stop_gradient(two_view_outputs(nets, batch, "target", **kwargs))
-        return online1, online2, target1, target2
-
-
-@register("byol")
 class BYOL(TwoTowerMethod):
     def loss(self, nets, batch, rng, step):
         del rng, step

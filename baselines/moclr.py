@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from baselines.byol import TwoTowerMethod
 from common import losses
-from common.method import flatten_projection, register
+from common.method import flatten_projection
+from common.two_tower import TwoTowerMethod
 
 
-@register("moclr")
 class MoCLR(TwoTowerMethod):
     def loss(self, nets, batch, rng, step):
         del rng, step

@@ -7,11 +7,10 @@ flow through both sides of the loss.
 from __future__ import annotations
 
 from common import losses
-from common.method import Method, flatten_projection, register, two_view_outputs
+from common.method import Method, flatten_projection, two_view_outputs
 from common.network import build_network
 
 
-@register("simclr")
 class SimCLR(Method):
     def build_networks(self):
         return {"online": build_network(self.config, predictor=False)}

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import optax
 
 from common import heads
-from common.method import Method, register
+from common.method import Method
 from common.network import SSLNetwork, build_backbone
 
 
@@ -33,7 +33,6 @@ class LinearHead(nn.Module):
         return nn.Dense(self.num_classes, name="classifier")(x)
 
 
-@register("supervised")
 class Supervised(Method):
     augmented_views = {"view1": "view1"}
 

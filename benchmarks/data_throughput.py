@@ -96,7 +96,7 @@ def fh_figures(work: str, copies: int, rounds: int = 2) -> dict:
     import numpy as np
     import skimage.segmentation
 
-    from common.data import fh_masks, folder_builders, procedural
+    from common.data import build_tools, fh_masks, folder_builders
     from common.data import shards as data_shards
 
     root = os.path.join(work, "photos")
@@ -107,7 +107,7 @@ def fh_figures(work: str, copies: int, rounds: int = 2) -> dict:
         config=folder_builders.ImageFolderConfig(name="bench", root_dir=root), data_dir=data_dir
     )
     builder.download_and_prepare()
-    source = fh_masks.load_source("folder_images/bench", data_dir)
+    source = build_tools.load_source("folder_images/bench", data_dir)
     num = source.info.splits["train"].num_examples
     cores = os.cpu_count() or 1
     # Four shards per core: enough for the pool to balance photos of different sizes, and many
@@ -130,7 +130,7 @@ def fh_figures(work: str, copies: int, rounds: int = 2) -> dict:
             name_key=None,
         )
         start = time.perf_counter()
-        fh_masks._compute_all_shards(job, shards, False, None, cores if pool else 1, pool=pool)
+        fh_masks.compute_all_shards(job, shards, False, None, cores if pool else 1, pool=pool)
         return time.perf_counter() - start
 
     def bare() -> float:
@@ -151,7 +151,7 @@ def fh_figures(work: str, copies: int, rounds: int = 2) -> dict:
     one_worker = ProcessPoolExecutor(
         1, mp_context=multiprocessing.get_context("spawn"), initializer=_pin_to_first_core
     )
-    with procedural.worker_pool(cores) as pool, one_worker as pinned:
+    with build_tools.worker_pool(cores) as pool, one_worker as pinned:
         list(pool.map(_warm_worker, range(cores), chunksize=1))
         list(pinned.map(_warm_worker, range(1), chunksize=1))
         pool_start = time.perf_counter() - start

@@ -3,6 +3,22 @@
 A run resumes from its workdir by default. The signature (method, backbone, parameter shapes)
 saved beside the state turns "this workdir holds a different model" into a one-line error instead
 of an Orbax shape mismatch deep inside a restore.
+
+Faults (docs/RELIABILITY.md):
+
+* A damaged checkpoint (a file truncated, emptied, deleted or with flipped bytes, as a disk fault
+  or an interrupted copy leaves it). Orbax reports a truncated or missing file, but decodes
+  flipped bytes inside a compressed chunk into wrong numbers without complaint, so every save
+  also stores a fingerprint of the state (`fingerprint`: two wrap-around integer sums per array
+  over its bits, computed on device) and a restore recomputes and compares it. `restore_latest`
+  falls back to the newest intact step with a warning naming the bad step and what was wrong,
+  moving the bad one to `<workdir>/checkpoints_damaged/` (so the step can be saved again);
+  where none is intact it raises `CheckpointCorruptError` naming the directory.
+* A failed save (disk full, read-only or vanished directory, a failing asynchronous write):
+  Orbax raises the background error at the next save or wait; `save` and `wait` turn it into
+  `CheckpointSaveError` naming the directory and the step whose write failed. Orbax commits a step
+  by renaming its temporary directory, so the failed step never appears and the previous ones
+  stay restorable.
 """
 
 from __future__ import annotations
@@ -10,15 +26,57 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import time
+import warnings
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
 
 class CheckpointMismatchError(ValueError):
     """The workdir holds a checkpoint of a different model than the config describes."""
+
+
+class CheckpointCorruptError(ValueError):
+    """A checkpoint cannot be read back as it was written (or none in the directory can)."""
+
+
+class CheckpointSaveError(OSError):
+    """Writing a checkpoint failed (disk full, read-only directory, a failing write)."""
+
+
+def _leaf_fingerprint(x: jax.Array) -> jax.Array:
+    """`[2]` uint32 of one array: the sum of its bit patterns and of them times odd weights.
+
+    Integer sums wrap around exactly, so the result does not depend on the reduction order
+    (devices, sharding); a change of any single element changes the weighted sum (an odd weight
+    is invertible modulo 2**32).
+    """
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        x = jax.random.key_data(x)
+    x = jnp.asarray(x)
+    if x.dtype == jnp.bool_:
+        bits = x.astype(jnp.uint32)
+    else:
+        width = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint32}[x.dtype.itemsize]
+        bits = jax.lax.bitcast_convert_type(x, width).astype(jnp.uint32)
+    bits = bits.reshape(-1)
+    weights = jnp.arange(bits.size, dtype=jnp.uint32) * jnp.uint32(2) + jnp.uint32(1)
+    return jnp.stack([jnp.sum(bits, dtype=jnp.uint32), jnp.sum(bits * weights, dtype=jnp.uint32)])
+
+
+@jax.jit
+def _fingerprints(state: Any) -> list[jax.Array]:
+    return [_leaf_fingerprint(x) for x in jax.tree_util.tree_leaves(state)]
+
+
+def fingerprint(state: Any) -> list[list[int]]:
+    """Per-array fingerprints `[[sum, weighted_sum], ...]` of `state`, in leaf order (as JSON)."""
+    return [[int(v) for v in np.asarray(f)] for f in _fingerprints(state)]
 
 
 def model_signature(config, state: Any) -> dict[str, Any]:
@@ -45,37 +103,66 @@ def describe(sig: dict[str, Any]) -> str:
 
 
 class Checkpointer:
-    """Atomic, retained checkpoints of the train state in `<workdir>/checkpoints`."""
+    """Atomic, retained, verified checkpoints of the train state in `<workdir>/checkpoints`."""
 
     def __init__(self, workdir: str, *, keep: int = 3, async_save: bool = True):
-        self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+        self.workdir = os.path.abspath(workdir)
+        self.directory = os.path.join(self.workdir, "checkpoints")
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=keep, create=True, enable_async_checkpointing=async_save
             ),
         )
+        self._pending_step: int | None = None  # saved asynchronously, not yet known written
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def save(self, step: int, state: Any, signature: dict[str, Any]) -> None:
-        """Saves `state` as `step` (asynchronously; Orbax commits atomically when done)."""
-        self.manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), signature=ocp.args.JsonSave(signature)
-            ),
-            force=True,
+    def _save_failed(self, step: int | None, error: BaseException) -> CheckpointSaveError:
+        self._pending_step = None
+        return CheckpointSaveError(
+            f"saving checkpoint step {step} of {self.workdir} to {self.directory} failed: "
+            f"{type(error).__name__}: {error}; the checkpoints before it are intact "
+            f"(latest: step {self.manager.latest_step()})"
         )
         if jax.process_index() == 0:
             print(f"checkpoint: step {step} -> {self.directory}/{step}", flush=True)
 
+    def save(self, step: int, state: Any, signature: dict[str, Any]) -> None:
+        """Saves `state` as `step` (asynchronously; Orbax commits atomically when done).
+
+        Raises:
+          CheckpointSaveError: this save, or the previous asynchronous one, failed.
+        """
+        # Orbax lets one save run at a time, so waiting here costs nothing, and it tells the
+        # previous step's failure apart from this one's.
+        self.wait()
+        items = {
+            "state": ocp.args.StandardSave(state),
+            "signature": ocp.args.JsonSave(signature),
+            "fingerprint": ocp.args.JsonSave({"leaves": fingerprint(state)}),
+        }
+        self._pending_step = step
+        try:
+            self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+        except Exception as e:
+            raise self._save_failed(step, e) from e
+
+    def _restore_item(self, step: int, name: str, args: Any) -> Any:
+        return self.manager.restore(step, args=ocp.args.Composite(**{name: args}))[name]
+
     def restore(self, step: int, abstract_state: Any, signature: dict[str, Any]) -> Any:
-        """Restores `step` onto the shardings of `abstract_state`, after checking the signature."""
-        saved = self.manager.restore(
-            step, args=ocp.args.Composite(signature=ocp.args.JsonRestore())
-        )["signature"]
+        """Restores `step` onto the shardings of `abstract_state`, after checking the signature.
+
+        Raises:
+          CheckpointMismatchError: the step holds another model.
+          CheckpointCorruptError: the step cannot be read back as it was written.
+        """
+        try:
+            saved = self._restore_item(step, "signature", ocp.args.JsonRestore())
+        except Exception as e:
+            raise self._corrupt(step, "its signature is unreadable", e) from e
         if saved != signature:
             raise CheckpointMismatchError(
                 f"{self.directory} holds a checkpoint (step {step}) of a different model: "
@@ -83,12 +170,91 @@ class Checkpointer:
                 "use another --workdir or the matching config"
             )
         target = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, abstract_state)
-        return self.manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
-        )["state"]
+        try:
+            state = self._restore_item(step, "state", ocp.args.StandardRestore(target))
+        except Exception as e:
+            raise self._corrupt(step, "its state is unreadable", e) from e
+        step_dir = os.path.join(self.directory, str(step))
+        if not os.path.isdir(os.path.join(step_dir, "fingerprint")):
+            return state  # written before fingerprints existed: nothing to compare
+        try:
+            expected = self._restore_item(step, "fingerprint", ocp.args.JsonRestore())["leaves"]
+        except Exception as e:
+            raise self._corrupt(step, "its fingerprint is unreadable", e) from e
+        got = fingerprint(state)
+        if got != expected:
+            paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(state)]
+            bad = [p for p, g, w in zip(paths, got, expected) if g != w]
+            raise self._corrupt(
+                step, f"{len(bad)} arrays differ from what was saved (first: {bad[:3]})", None
+            )
+        return state
+
+    def _corrupt(self, step: int, what: str, error: BaseException | None) -> CheckpointCorruptError:
+        text = str(error).split(" See full TensorStore details")[0].splitlines() if error else []
+        detail = f": {type(error).__name__}: {text[0][:300] if text else ''}" if error else ""
+        return CheckpointCorruptError(
+            f"checkpoint step {step} in {self.directory} is damaged: {what}{detail}"
+        )
+
+    def restore_latest(
+        self, abstract_state: Any, signature: dict[str, Any]
+    ) -> tuple[int, Any] | None:
+        """`(step, state)` of the newest intact checkpoint, or None where there is none at all.
+
+        Damaged steps (`CheckpointCorruptError`) are skipped with a warning and moved to
+        `<workdir>/checkpoints_damaged/<step>` (by process 0), so that training past them saves
+        those steps again.
+
+        Raises:
+          CheckpointMismatchError: the newest readable step holds another model.
+          CheckpointCorruptError: checkpoints exist and none is intact.
+        """
+        self.manager.reload()  # steps on disk now, not as this manager last saw them
+        steps = sorted(self.manager.all_steps(), reverse=True)
+        problems = []
+        for step in steps:
+            try:
+                state = self.restore(step, abstract_state, signature)
+            except CheckpointCorruptError as e:
+                problems.append((step, str(e)))
+                continue
+            for _, message in problems:
+                warnings.warn(f"{message}; falling back to step {step}", stacklevel=2)
+            self._set_aside([bad for bad, _ in problems])
+            return step, state
+        if problems:
+            raise CheckpointCorruptError(
+                f"no intact checkpoint in {self.directory}: "
+                + " | ".join(message for _, message in problems)
+            )
+        return None
+
+    def _set_aside(self, steps: list[int]) -> None:
+        if steps and jax.process_index() == 0:
+            aside = os.path.join(self.workdir, "checkpoints_damaged")
+            os.makedirs(aside, exist_ok=True)
+            for step in steps:
+                stamp = time.strftime("%Y%m%d-%H%M%S")
+                shutil.move(os.path.join(self.directory, str(step)), f"{aside}/{step}-{stamp}")
+        if steps:
+            if jax.process_count() > 1:
+                from jax.experimental import multihost_utils
+
+                multihost_utils.sync_global_devices("checkpoints_damaged")
+            self.manager.reload()
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        """Blocks until the pending save is written.
+
+        Raises:
+          CheckpointSaveError: it failed.
+        """
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:
+            raise self._save_failed(self._pending_step, e) from e
+        self._pending_step = None
 
     def close(self) -> None:
         self.manager.close()

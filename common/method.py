@@ -1,4 +1,4 @@
-"""The Method contract and its registry.
+"""The Method contract and the list of methods.
 
 A method says only what makes it different from the others:
 
@@ -12,15 +12,15 @@ The trainer (`common.train`) owns everything else: the mesh, the data, photometr
 the optimiser, the EMA update, the online linear monitor, checkpoints and metrics. It never branches
 on a method's name: it looks the method up here and calls this interface.
 
-Adding a method: a package with a `Method` subclass decorated by `@register("name")`, a line in
-`_KNOWN_MODULES` (so `--config.method=name` imports it lazily), and a config file in
-`experiments/`.
+Adding a method: a package with a `Method` subclass, a line in `METHODS` (so that
+`--config.method=name` finds it; the class is imported on first use), and a config file in
+`experiments/`. Methods with BYOL's online/target shape subclass `common.two_tower.TwoTowerMethod`.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import flax.linen as nn
@@ -31,42 +31,28 @@ import ml_collections
 Array = jax.Array
 PyTree = Any
 
-# Where each registered method lives; imported on first use so that `common` never imports the
-# method packages (they import `common`).
-_KNOWN_MODULES = {
-    "byol": "baselines.byol",
-    "simclr": "baselines.simclr",
-    "moclr": "baselines.moclr",
-    "supervised": "baselines.supervised",
-    "detcon_b": "detcon.method",
-    "detcon_s": "detcon.method",
-    "odin": "odin.method",
-    "vito": "vito.method",
+# The one list of methods: `config.method` name -> "module:Class". A method is imported on first
+# use, so that `common` never imports the method packages (they import `common`).
+METHODS = {
+    "byol": "baselines.byol:BYOL",
+    "simclr": "baselines.simclr:SimCLR",
+    "moclr": "baselines.moclr:MoCLR",
+    "supervised": "baselines.supervised:Supervised",
+    "detcon_b": "detcon.method:DetConB",
+    "detcon_s": "detcon.method:DetConS",
+    "odin": "odin.method:Odin",
+    "vito": "vito.method:VITO",
 }
-_REGISTRY: dict[str, type[Method]] = {}
-
-
-def register(name: str) -> Callable[[type[Method]], type[Method]]:
-    """Class decorator: makes a `Method` subclass available as `config.method = name`."""
-
-    def wrap(cls: type[Method]) -> type[Method]:
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"method {name!r} is registered twice")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return wrap
 
 
 def get_method(name: str) -> type[Method]:
-    """Returns the registered method class called `name` (importing its package if needed)."""
-    if name not in _REGISTRY and name in _KNOWN_MODULES:
-        importlib.import_module(_KNOWN_MODULES[name])
-    if name not in _REGISTRY:
-        known = sorted(set(_REGISTRY) | set(_KNOWN_MODULES))
-        raise ValueError(f"unknown method {name!r}; known methods: {', '.join(known)}")
-    return _REGISTRY[name]
+    """Returns the method class called `name` in `METHODS` (importing its module)."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; known methods: {', '.join(sorted(METHODS))}")
+    module, _, attr = METHODS[name].partition(":")
+    cls = getattr(importlib.import_module(module), attr)
+    cls.name = name
+    return cls
 
 
 class Networks:
@@ -108,7 +94,7 @@ class Networks:
 class Method:
     """Base class of every self-supervised method. Subclasses override the marked members."""
 
-    name: ClassVar[str] = ""
+    name: ClassVar[str] = ""  # its `METHODS` key, set by `get_method`
     # Networks updated by the optimiser. Their outputs feed the loss with gradients.
     trainable_networks: ClassVar[tuple[str, ...]] = ("online",)
     # EMA networks: name -> the trainable network it follows. Their parameters never get

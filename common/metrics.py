@@ -1,7 +1,22 @@
 """Metric writing: TensorBoard (clu), a JSONL file in the workdir, and a progress line.
 
 Only process 0 writes files; every process may print. The JSONL file (`metrics.jsonl`) is what
-tests, notebooks and the paper-table scripts read: one JSON object per logged step.
+tests, notebooks and the paper-table scripts read: one JSON object per logged step and prefix.
+
+After a resume it holds each (step, prefix) once: `start(step)` drops the rows past the restored
+step (logged after the last checkpoint by the run that died, and about to be recomputed), and a
+row logged again for a step it already holds (the final evaluation of a finished run that is
+started again) replaces the old one.
+
+TensorBoard event files cannot be edited. Its own restart protocol is used instead: `start(step)`
+writes a `SessionLog.START` event at `step + 1` in a file of its own, named to sort after the
+dead run's event files and before the new one, and TensorBoard's loader, on every START after a
+run's first, drops the events it has read at that step and later (`_CheckForRestartAndMaybePurge`
+of its `EventAccumulator`). The Rust data server drops a tag's events from a step on when that
+step is written again (its reservoir's preemption), which the resumed run does, as it logs the
+same tags at the same steps. tests/test_checkpoint_faults.py checks the Python loader against
+`metrics.jsonl`. One case stays: the final evaluation of a finished run started again is logged
+twice at the last step in the event files (the JSONL replaces it).
 """
 
 from __future__ import annotations
@@ -15,7 +30,6 @@ from collections.abc import Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
-from clu import metric_writers
 
 
 class NonFiniteError(FloatingPointError):
@@ -50,13 +64,13 @@ class MetricLogger:
         self.global_batch_size = global_batch_size
         self.workdir = workdir
         self.jsonl_path = os.path.join(workdir, "metrics.jsonl")
-        self.writer = metric_writers.create_default_writer(
-            workdir, just_logging=not self.is_primary, asynchronous=True
-        )
+        self.writer = None  # created by `start`, after the restart marker
         self._last_time: float | None = None
         self._last_step: int | None = None
+        self._logged: set[tuple[int, str]] = set()  # (step, prefix) of the JSONL rows
 
     def start(self, step: int) -> None:
+        """Starts timing at `step` and drops the JSONL rows after it (logged before a crash)."""
         if self.is_primary and step < self.total_steps:
             print(
                 f"training steps {step + 1}..{self.total_steps} (the first one compiles); "
@@ -64,9 +78,25 @@ class MetricLogger:
                 flush=True,
             )
         self._last_time, self._last_step = time.perf_counter(), step
+        if self.is_primary:
+            rows = read_jsonl(self.workdir)
+            kept = [row for row in rows if row["step"] <= step]
+            if len(kept) < len(rows):
+                _rewrite_jsonl(self.jsonl_path, kept)
+            self._logged = {_row_key(row) for row in kept}
+            _write_restart_marker(self.workdir, step + 1)
+        # Imported here: clu's writers import TensorFlow, which the step, the benchmarks and an
+        # accelerator host that only trains from staged arrays do not otherwise need.
+        from clu import metric_writers
+
+        self.writer = metric_writers.create_default_writer(
+            self.workdir, just_logging=not self.is_primary, asynchronous=True
+        )
 
     def log(self, step: int, scalars: Mapping[str, float], *, prefix: str = "train") -> dict:
         """Writes `scalars` for `step` (the number of completed steps) and prints progress."""
+        if self.writer is None:
+            raise RuntimeError("MetricLogger.log before MetricLogger.start(step)")
         now = time.perf_counter()
         row = {f"{prefix}/{k}": float(v) for k, v in scalars.items()}
         if prefix == "train" and self._last_step is not None and step > self._last_step:
@@ -81,12 +111,57 @@ class MetricLogger:
             self._last_time, self._last_step = now, step
         if self.is_primary:
             self.writer.write_scalars(step, row)
+            line = {"step": step, **row}
+            if _row_key(line) in self._logged:  # logged again (a finished run started again)
+                rows = read_jsonl(self.workdir)
+                _rewrite_jsonl(self.jsonl_path, [r for r in rows if _row_key(r) != _row_key(line)])
+            self._logged.add(_row_key(line))
             with open(self.jsonl_path, "a") as f:
-                f.write(json.dumps({"step": step, **row}) + "\n")
+                f.write(json.dumps(line) + "\n")
         return row
 
     def flush(self) -> None:
-        self.writer.flush()
+        if self.writer is not None:
+            self.writer.flush()
+
+
+def _row_key(row: dict) -> tuple[int, str]:
+    """(step, prefix) of a JSONL row: its keys are `<prefix>/<name>` besides `step`."""
+    prefixes = sorted({k.split("/")[0] for k in row if k != "step"})
+    return row["step"], ",".join(prefixes)
+
+
+def _rewrite_jsonl(path: str, rows: list[dict]) -> None:
+    """Replaces the file with `rows` atomically (a crash leaves the old or the new file)."""
+    with open(path + ".tmp", "w") as f:
+        f.writelines(json.dumps(row) + "\n" for row in rows)
+    os.replace(path + ".tmp", path)
+
+
+def _write_restart_marker(logdir: str, step: int) -> None:
+    """An event file holding one `SessionLog.START` at `step` (see the module docstring).
+
+    Its name, `events.out.tfevents.<seconds>.!restart`, sorts after the event files of earlier
+    runs (earlier seconds: it waits for the next second if one is from this second) and before
+    the one the new writer creates (the same or a later second, then the host name, whose
+    characters all sort after '!').
+    """
+    from tensorboard.compat.proto import event_pb2
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    names = [name.split(".") for name in os.listdir(logdir) if ".tfevents." in name]
+    seconds = [int(parts[3]) for parts in names if len(parts) > 3 and parts[3].isdigit()]
+    while seconds and int(time.time()) <= max(seconds):
+        time.sleep(0.05)
+    now = time.time()
+    path = os.path.join(logdir, f"events.out.tfevents.{int(now):010d}.!restart")
+    with open(path, "wb") as f:
+        writer = RecordWriter(f)
+        version = event_pb2.Event(wall_time=now, file_version="brain.Event:2")
+        start = event_pb2.SessionLog(status=event_pb2.SessionLog.START)
+        restart = event_pb2.Event(wall_time=now, step=step, session_log=start)
+        for event in (version, restart):
+            writer.write(event.SerializeToString())
 
 
 def _hms(seconds: float) -> str:

@@ -352,9 +352,9 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     signature = checkpoint.model_signature(config, state)
 
     ckpt = checkpoint.Checkpointer(workdir, keep=config.checkpoint.keep)
-    latest = ckpt.latest_step()
-    if latest is not None:
-        state = ckpt.restore(latest, state, signature)
+    restored = ckpt.restore_latest(state, signature)  # the newest intact checkpoint
+    if restored is not None:
+        latest, state = restored
         print(f"resumed from {ckpt.directory} at step {latest}", flush=True)
     start_step = int(state.step)
 

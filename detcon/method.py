@@ -18,10 +18,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from baselines.byol import TwoTowerMethod
 from common import heads, losses, masks
-from common.method import Method, flatten_projection, register, two_view_outputs
+from common.method import Method, flatten_projection, two_view_outputs
 from common.network import build_backbone, build_network
+from common.two_tower import TwoTowerMethod
 
 
 def default_detcon_kwargs() -> ml_collections.ConfigDict:
@@ -109,7 +109,6 @@ class _DetConMasks:
         return (batch["view1"],), {"masks": dummy}
 
 
-@register("detcon_b")
 class DetConB(_DetConMasks, TwoTowerMethod):
     @classmethod
     def default_config(cls):
@@ -140,7 +139,6 @@ class DetConB(_DetConMasks, TwoTowerMethod):
         return loss, aux
 
 
-@register("detcon_s")
 class DetConS(_DetConMasks, Method):
     @classmethod
     def default_config(cls):

@@ -40,7 +40,7 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
 
 
 def data_config(**overrides) -> ml_collections.ConfigDict:
-    from common.data.pipeline import default_data_config
+    from common.data.config import default_data_config
 
     cfg = default_data_config()
     cfg.update(overrides)

@@ -40,7 +40,6 @@ import jax.numpy as jnp
 import ml_collections
 
 from common import kmeans, optim
-from common.method import register
 from detcon.method import DetConB, default_detcon_kwargs
 from odin.transport import transport_ids
 
@@ -62,7 +61,6 @@ def default_odin_kwargs() -> ml_collections.ConfigDict:
     return c
 
 
-@register("odin")
 class Odin(DetConB):
     augmented_views = {"view0": "view0", "view1": "view1", "view2": "view2"}
 

@@ -1,4 +1,4 @@
-"""Test session setup: 8 simulated CPU devices, quiet TensorFlow.
+"""Test session setup: 8 simulated CPU devices, quiet TensorFlow; fixtures shared by test files.
 
 XLA_FLAGS must be set before JAX initialises its backend, so it happens here, at import time of
 the first conftest, for the whole test session. Single-device tests use `jax.devices()[:1]`.
@@ -6,6 +6,9 @@ the first conftest, for the whole test session. Single-device tests use `jax.dev
 
 import os
 
+import pytest
+
+from tests import helpers
 from tests.helpers import TEST_XLA_FLAGS
 
 os.environ["XLA_FLAGS"] = (
@@ -27,3 +30,14 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     _cache_dir = tempfile.mkdtemp(prefix="jax_cache_")
     atexit.register(shutil.rmtree, _cache_dir, ignore_errors=True)
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache_dir
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    """The tiny embedded dataset (`synthetic_scenes/tiny`), built once for the whole session."""
+    from common.data import loading
+
+    path = str(tmp_path_factory.mktemp("tfds"))
+    config = helpers.tiny_config("byol", path)
+    loading.ensure_dataset(config.data)
+    return path

@@ -210,3 +210,105 @@ def random_haiku_variables(fn, x, seed=0, *, batch_statistics=True):
         avg = avg.astype(np.float32)
         noisy[module] = {"average": avg, "hidden": avg, "counter": np.int32(HAIKU_COUNTER)}
     return params, noisy
+
+
+def step_on(devices, setup, batch):
+    """Initialises a train state and runs two train steps on `batch`, data-parallel over
+    `devices`; returns the host copies of the final state and of the second step's metrics."""
+    import functools
+
+    import jax
+    from jax.sharding import Mesh, NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    from common import train
+
+    mesh = Mesh(np.asarray(devices), ("data",))
+    replicated = NamedSharding(mesh, P())
+    state = jax.jit(functools.partial(train.init_state, setup), out_shardings=replicated)(
+        train.init_rng(0)
+    )
+    batch = train.to_global(batch, NamedSharding(mesh, P("data")))
+    step = jax.jit(functools.partial(train.train_step, setup), out_shardings=replicated)
+    state, _ = step(state, batch)
+    state, metrics = step(state, batch)
+    return jax.device_get(state), jax.device_get(metrics)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loop-based float64 references of the losses (test_losses.py, test_detcon.py).
+
+
+def normalize(x):
+    """Rows of `x` scaled to unit length, in float64 (`[..., D]`)."""
+    x = np.asarray(x, np.float64)
+    return x / np.sqrt(np.maximum(np.sum(x * x, -1, keepdims=True), 1e-12))
+
+
+def logsumexp(v):
+    """`log(sum(exp(v)))` of a 1-D sequence, in float64, without overflow."""
+    v = np.asarray(v, np.float64)
+    m = v.max()
+    return m + np.log(np.sum(np.exp(v - m)))
+
+
+def ref_detcon(p1, p2, t1, t2, ids1, ids2, temperature, local_negatives=True):
+    """Straight from the docs/METHODS.md §5.6 text, one query slot at a time (float64).
+
+    Extension mirrored from the implementation: slots with a negative id are skipped entirely
+    (no loss, never a candidate, never a positive).
+    """
+    total = 0.0
+    for pred, key_x, key_s, id_q, id_x in [
+        (p1, t2, t1, ids1, ids2),
+        (p2, t1, t2, ids2, ids1),
+    ]:
+        bsz, nr = id_q.shape
+        acc = 0.0
+        for b in range(bsz):
+            for r in range(nr):
+                q = normalize(pred[b, r])
+                my_id = id_q[b, r]
+                if my_id < 0:
+                    continue
+                logits, positive = [], []
+                # Cross-view block: every slot of the other view of every image.
+                for u in range(bsz):
+                    for v in range(nr):
+                        if id_x[u, v] < 0:
+                            continue
+                        is_pos = u == b and id_x[u, v] == my_id
+                        if u == b and not local_negatives and not is_pos:
+                            continue
+                        logits.append(q @ normalize(key_x[u, v]) / temperature)
+                        positive.append(is_pos)
+                # Same-view block: the query's own id in its own image is masked out.
+                for u in range(bsz):
+                    for v in range(nr):
+                        if id_q[u, v] < 0:
+                            continue
+                        if u == b and (id_q[u, v] == my_id or not local_negatives):
+                            continue
+                        logits.append(q @ normalize(key_s[u, v]) / temperature)
+                        positive.append(False)
+                n_pos = sum(positive)
+                if n_pos == 0:
+                    continue  # weight 0
+                lse = logsumexp(logits)
+                ce = -sum((lg - lse) / n_pos for lg, ps in zip(logits, positive) if ps)
+                n_dup = sum(1 for v in range(nr) if id_q[b, v] == my_id)
+                acc += ce / n_dup
+        total += acc / (bsz * nr)
+    return total
+
+
+def random_detcon_case(seed, b, r, d, num_ids, invalid_frac=0.0):
+    """Random DetCon loss inputs: `(p1, p2, t1, t2)` float32 `[b, r, d]` and `(ids1, ids2)` int32
+    `[b, r]` in `[0, num_ids)`, a fraction `invalid_frac` of them -1."""
+    rng = np.random.default_rng(seed)
+    arrs = [rng.normal(size=(b, r, d)).astype(np.float32) for _ in range(4)]
+    ids = [rng.integers(0, num_ids, size=(b, r)).astype(np.int32) for _ in range(2)]
+    if invalid_frac:
+        for x in ids:
+            x[rng.random(size=(b, r)) < invalid_frac] = -1
+    return arrs, ids

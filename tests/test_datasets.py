@@ -196,9 +196,9 @@ def test_worker_pool_fails_instead_of_hanging_on_an_unguarded_script(tmp_path):
     # must stop with an error that says what to do.
     script = tmp_path / "unguarded.py"
     script.write_text(
-        "from common.data import procedural\n"
-        "with procedural.worker_pool(2) as pool:\n"
-        "    print(list(procedural.ordered_map(abs, range(-4, 4), pool=pool, chunksize=1)))\n"
+        "from common.data import build_tools\n"
+        "with build_tools.worker_pool(2) as pool:\n"
+        "    print(list(build_tools.ordered_map(abs, range(-4, 4), pool=pool, chunksize=1)))\n"
     )
     env = {**os.environ, "PYTHONPATH": helpers.REPO}
     run = subprocess.run(
@@ -209,10 +209,10 @@ def test_worker_pool_fails_instead_of_hanging_on_an_unguarded_script(tmp_path):
     assert "if __name__ == '__main__':" in run.stderr
     # Guarded, the same code runs and keeps the order.
     script.write_text(
-        "from common.data import procedural\n"
+        "from common.data import build_tools\n"
         "if __name__ == '__main__':\n"
-        "    with procedural.worker_pool(2) as pool:\n"
-        "        print(list(procedural.ordered_map(abs, range(-4, 4), pool=pool, chunksize=1)))\n"
+        "    with build_tools.worker_pool(2) as pool:\n"
+        "        print(list(build_tools.ordered_map(abs, range(-4, 4), pool=pool, chunksize=1)))\n"
     )
     run = subprocess.run(
         [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120

@@ -31,7 +31,6 @@ from common import losses, train
 from common.method import Networks
 from detcon import pictures
 from tests import helpers
-from tests.test_train import _step_on, data_dir  # noqa: F401  (session fixture)
 
 # An id on one pixel of every 8x8 cell: present in the pixel map, never a cell's majority.
 PIXEL_ONLY_ID = 1000
@@ -244,8 +243,8 @@ def test_detcon_b_step_on_8_devices_equals_1_device(tmp_path):
     config = helpers.tiny_config("detcon_b", str(tmp_path))
     setup = train.build(config, num_examples=256)
     batch = _detcon_batch(config, config.batch_size)
-    state8, m8 = _step_on(jax.devices()[:8], setup, batch)
-    state1, m1 = _step_on(jax.devices()[:1], setup, batch)
+    state8, m8 = helpers.step_on(jax.devices()[:8], setup, batch)
+    state1, m1 = helpers.step_on(jax.devices()[:1], setup, batch)
     for part in ("params", "ema_params", "batch_stats"):
         assert (
             helpers.relative_difference(_flat(getattr(state8, part)), _flat(getattr(state1, part)))
@@ -255,7 +254,7 @@ def test_detcon_b_step_on_8_devices_equals_1_device(tmp_path):
     assert np.isclose(m8["segments_per_view"], m1["segments_per_view"])
 
 
-def test_mask_sources_give_valid_ids_in_a_step(data_dir, tmp_path):  # noqa: F811
+def test_mask_sources_give_valid_ids_in_a_step(data_dir, tmp_path):
     """`fh`, `grid` (4x4) and `gt` id maps of the embedded scenes, through the pipeline, the id
     sampling and a real step (one compiled step serves the three: the source is data only)."""
     import ml_collections
@@ -318,7 +317,7 @@ LEARN = {
 
 
 @pytest.fixture(scope="module")
-def learned_run(data_dir, tmp_path_factory):  # noqa: F811
+def learned_run(data_dir, tmp_path_factory):
     """Trains the tiny DetCon_B for 150 steps with the real loop; (config, workdir).
 
     On one device: the 8 simulated devices of the test session would only slow the 2 CPU cores
@@ -508,12 +507,10 @@ def test_pictures_during_training_and_on_demand(learned_run):
 
 @pytest.mark.parametrize("temperature", [0.1, 1.0, 0.02])  # 0.02: the logsumexp fallback
 def test_detcon_loss_fast_paths_match_reference(temperature):
-    from tests.test_losses import _random_case, ref_detcon
-
-    (p1, p2, t1, t2), (i1, i2) = _random_case(3, 4, 5, 8, 3, invalid_frac=0.25)
+    (p1, p2, t1, t2), (i1, i2) = helpers.random_detcon_case(3, 4, 5, 8, 3, invalid_frac=0.25)
     loss = functools.partial(losses.contrastive_detection_loss, temperature=temperature)
     got = jax.jit(loss)(p1, p2, t1, t2, i1, i2)
-    want = ref_detcon(p1, p2, t1, t2, i1, i2, temperature)
+    want = helpers.ref_detcon(p1, p2, t1, t2, i1, i2, temperature)
     np.testing.assert_allclose(float(got), want, rtol=2e-5, atol=1e-6)
 
     # Shared keys (the same arrays as queries, as DetCon_S passes them) against the general
@@ -523,7 +520,9 @@ def test_detcon_loss_fast_paths_match_reference(temperature):
         jax.value_and_grad(lambda a, b: loss(a, b, a + 0.0, b + 0.0, i1, i2), argnums=(0, 1))
     )
     (v_s, g_s), (v_g, g_g) = shared(p1, p2), general(p1, p2)
-    np.testing.assert_allclose(float(v_s), ref_detcon(p1, p2, p1, p2, i1, i2, temperature), 2e-5)
+    np.testing.assert_allclose(
+        float(v_s), helpers.ref_detcon(p1, p2, p1, p2, i1, i2, temperature), 2e-5
+    )
     np.testing.assert_allclose(float(v_s), float(v_g), rtol=1e-6)
     for a, b in zip(g_s, g_g):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
@@ -547,9 +546,7 @@ def test_detcon_loss_without_other_images_has_finite_gradients():
 def test_detcon_s_loss_sharded_equals_single_device():
     """The shared-key path reduces one logits block over its sharded axis (the transposed
     direction): 8 devices must give the 1-device value and gradients."""
-    from tests.test_losses import _random_case
-
-    (z1, z2, _, _), (i1, i2) = _random_case(11, 8, 4, 16, 5)
+    (z1, z2, _, _), (i1, i2) = helpers.random_detcon_case(11, 8, 4, 16, 5)
     fn = jax.jit(
         jax.value_and_grad(
             lambda a, b, i, j: losses.contrastive_detection_loss(a, b, a, b, i, j), argnums=(0, 1)

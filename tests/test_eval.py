@@ -22,16 +22,6 @@ from common.eval import dense_data, evaluator_config, get_evaluator, overlap, ru
 from tests import helpers
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    """The tiny embedded dataset, built once for this module."""
-    from common.data import loading
-
-    path = str(tmp_path_factory.mktemp("tfds"))
-    loading.ensure_dataset(helpers.tiny_config("byol", path).data)
-    return path
-
-
 @functools.partial(jax.jit, static_argnums=(2,))
 def _sums(segments, gt, k, valid):
     best = overlap.best_overlaps(segments, gt, num_segments=k, max_id=8)

@@ -27,7 +27,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from common import export
+from common import export, safe_pickle
 from common.backbones import ResNet, get_backbone, haiku_import
 from tests import helpers
 
@@ -306,7 +306,7 @@ def test_unsupported_backbones_and_outputs_fail_clearly(tmp_path):
             export.write(fmt, str(tmp_path / out), variables)
     # The Flax tree round-trips through flax_npy.
     export.write("flax_npy", str(tmp_path / "r18.npy"), variables)
-    back = np.load(tmp_path / "r18.npy", allow_pickle=True).item()
+    back = safe_pickle.load_npy(str(tmp_path / "r18.npy")).item()
     jax.tree.map(np.testing.assert_array_equal, back, variables)
 
 

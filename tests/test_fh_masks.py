@@ -14,7 +14,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 from skimage.segmentation import felzenszwalb
 
-from common.data import fh_masks, segmentation
+from common.data import build_tools, fh_masks, segmentation
 from common.data.folder_builders import FolderImages, ImageFolderConfig
 from common.data.synthetic_scenes import SyntheticScenes, SyntheticScenesConfig
 
@@ -400,7 +400,7 @@ def test_command_line_and_parsing(photo_data_dir, capsys):
     assert segmentation.parse_fh_settings("1000:1000, 500:500") == ((1000.0, 1000), (500.0, 500))
     with pytest.raises(ValueError, match="SCALE:MIN_SIZE"):
         segmentation.parse_fh_settings("1000")
-    options = fh_masks.beam_options("runner=DataflowRunner,project=p,direct_num_workers=0")
+    options = build_tools.beam_options("runner=DataflowRunner,project=p,direct_num_workers=0")
     assert options.get_all_options()["runner"] == "DataflowRunner"
     assert options.get_all_options()["project"] == "p"
     with pytest.raises(ValueError, match="no split"):

@@ -10,82 +10,12 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from common import losses
+from tests.helpers import logsumexp, normalize, random_detcon_case, ref_detcon
 
 # One compilation per shape instead of eager op-by-op dispatch (keeps the tests fast).
 _detcon = jax.jit(
     losses.contrastive_detection_loss, static_argnames=("temperature", "local_negatives")
 )
-
-
-def _norm(x):
-    x = np.asarray(x, np.float64)
-    return x / np.sqrt(np.maximum(np.sum(x * x, -1, keepdims=True), 1e-12))
-
-
-def _logsumexp(v):
-    v = np.asarray(v, np.float64)
-    m = v.max()
-    return m + np.log(np.sum(np.exp(v - m)))
-
-
-def ref_detcon(p1, p2, t1, t2, ids1, ids2, temperature, local_negatives=True):
-    """Straight from the docs/METHODS.md §5.6 text, one query slot at a time (float64).
-
-    Extension mirrored from the implementation: slots with a negative id are skipped entirely
-    (no loss, never a candidate, never a positive).
-    """
-    total = 0.0
-    for pred, key_x, key_s, id_q, id_x in [
-        (p1, t2, t1, ids1, ids2),
-        (p2, t1, t2, ids2, ids1),
-    ]:
-        bsz, nr = id_q.shape
-        acc = 0.0
-        for b in range(bsz):
-            for r in range(nr):
-                q = _norm(pred[b, r])
-                my_id = id_q[b, r]
-                if my_id < 0:
-                    continue
-                logits, positive = [], []
-                # Cross-view block: every slot of the other view of every image.
-                for u in range(bsz):
-                    for v in range(nr):
-                        if id_x[u, v] < 0:
-                            continue
-                        is_pos = u == b and id_x[u, v] == my_id
-                        if u == b and not local_negatives and not is_pos:
-                            continue
-                        logits.append(q @ _norm(key_x[u, v]) / temperature)
-                        positive.append(is_pos)
-                # Same-view block: the query's own id in its own image is masked out.
-                for u in range(bsz):
-                    for v in range(nr):
-                        if id_q[u, v] < 0:
-                            continue
-                        if u == b and (id_q[u, v] == my_id or not local_negatives):
-                            continue
-                        logits.append(q @ _norm(key_s[u, v]) / temperature)
-                        positive.append(False)
-                n_pos = sum(positive)
-                if n_pos == 0:
-                    continue  # weight 0
-                lse = _logsumexp(logits)
-                ce = -sum((lg - lse) / n_pos for lg, ps in zip(logits, positive) if ps)
-                n_dup = sum(1 for v in range(nr) if id_q[b, v] == my_id)
-                acc += ce / n_dup
-        total += acc / (bsz * nr)
-    return total
-
-
-def _random_case(seed, b, r, d, num_ids, invalid_frac=0.0):
-    rng = np.random.default_rng(seed)
-    arrs = [rng.normal(size=(b, r, d)).astype(np.float32) for _ in range(4)]
-    ids = [rng.integers(0, num_ids, size=(b, r)).astype(np.int32) for _ in range(2)]
-    if invalid_frac:
-        for x in ids:
-            x[rng.random(size=(b, r)) < invalid_frac] = -1
-    return arrs, ids
 
 
 @pytest.mark.parametrize(
@@ -98,7 +28,7 @@ def _random_case(seed, b, r, d, num_ids, invalid_frac=0.0):
     ],
 )
 def test_detcon_matches_loop_reference(seed, b, r, num_ids, local_negatives, invalid):
-    (p1, p2, t1, t2), (i1, i2) = _random_case(seed, b, r, 8, num_ids, invalid)
+    (p1, p2, t1, t2), (i1, i2) = random_detcon_case(seed, b, r, 8, num_ids, invalid)
     got = _detcon(p1, p2, t1, t2, i1, i2, temperature=0.2, local_negatives=local_negatives)
     want = ref_detcon(p1, p2, t1, t2, i1, i2, 0.2, local_negatives)
     np.testing.assert_allclose(float(got), want, rtol=2e-5, atol=1e-6)
@@ -146,13 +76,13 @@ def test_detcon_r1_is_moclr_infonce():
     )
 
     def infonce(q, k_other_view, k_same_view):
-        q, kx, ks = _norm(q), _norm(k_other_view), _norm(k_same_view)
+        q, kx, ks = normalize(q), normalize(k_other_view), normalize(k_same_view)
         out = []
         for i in range(b):
             pos = q[i] @ kx[i] / temp
             negs = [q[i] @ kx[j] / temp for j in range(b) if j != i]
             negs += [q[i] @ ks[j] / temp for j in range(b) if j != i]
-            out.append(-(pos - _logsumexp([pos, *negs])))
+            out.append(-(pos - logsumexp([pos, *negs])))
         return np.mean(out)
 
     want = infonce(p1, t2, t1) + infonce(p2, t1, t2)
@@ -162,7 +92,7 @@ def test_detcon_r1_is_moclr_infonce():
 def test_detcon_sharded_equals_single_device():
     devices = jax.devices()
     assert len(devices) == 8, "tests/conftest.py should provide 8 CPU devices"
-    (p1, p2, t1, t2), (i1, i2) = _random_case(11, 8, 4, 16, 5)
+    (p1, p2, t1, t2), (i1, i2) = random_detcon_case(11, 8, 4, 16, 5)
     fn = jax.jit(lambda *a: losses.contrastive_detection_loss(*a, temperature=0.1))
     single = jax.device_put((p1, p2, t1, t2, i1, i2), devices[0])
     want = fn(*single)
@@ -175,7 +105,7 @@ def test_detcon_sharded_equals_single_device():
 
 
 def test_detcon_gradients_follow_caller_stop_gradient():
-    (p1, p2, t1, t2), (i1, i2) = _random_case(5, 3, 4, 8, 3)
+    (p1, p2, t1, t2), (i1, i2) = random_detcon_case(5, 3, 4, 8, 3)
 
     def loss_b(p1, p2, t1, t2):  # DetCon_B: caller stop-grads the targets.
         sg = jax.lax.stop_gradient
@@ -203,7 +133,7 @@ def test_detcon_gradients_follow_caller_stop_gradient():
 
 def ref_byol(p1, p2, t1, t2):
     def one(p, t):
-        p, t = _norm(p).reshape(-1, p.shape[-1]), _norm(t).reshape(-1, t.shape[-1])
+        p, t = normalize(p).reshape(-1, p.shape[-1]), normalize(t).reshape(-1, t.shape[-1])
         return np.mean([2 - 2 * p[i] @ t[i] for i in range(len(p))])
 
     return one(p1, t2) + one(p2, t1)
@@ -225,11 +155,11 @@ def test_nt_xent_reference():
     rng = np.random.default_rng(3)
     b, temp = 5, 0.5
     z1, z2 = (rng.normal(size=(b, 7)).astype(np.float32) for _ in range(2))
-    z = _norm(np.concatenate([z1, z2]))
+    z = normalize(np.concatenate([z1, z2]))
     out = []
     for i in range(2 * b):
         j = (i + b) % (2 * b)
         denom = [z[i] @ z[k] / temp for k in range(2 * b) if k != i]
-        out.append(-(z[i] @ z[j] / temp - _logsumexp(denom)))
+        out.append(-(z[i] @ z[j] / temp - logsumexp(denom)))
     got = losses.nt_xent(z1, z2, temperature=temp)
     np.testing.assert_allclose(float(got), np.mean(out), rtol=1e-5)

@@ -7,7 +7,6 @@ import socket
 import subprocess
 
 from tests import helpers
-from tests.test_train import data_dir  # noqa: F401  (session fixture)
 
 
 def _free_port() -> int:
@@ -16,7 +15,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_match_one_process(data_dir, tmp_path):  # noqa: F811
+def test_two_processes_match_one_process(data_dir, tmp_path):
     steps = {"total_steps": 4, "checkpoint.every_steps": 4, "evals.monitor.batch_size": 16}
     # One process reading both data shards sees the same global batches as two processes
     # reading one shard each (data.num_shards; tested in test_pipeline).

@@ -17,7 +17,6 @@ import re
 import pytest
 
 from tests import helpers
-from tests.test_train import data_dir  # noqa: F401  (session fixture)
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -30,7 +29,7 @@ ANSI_COLOUR = re.compile(r"\x1b\[[0-9;]*m")
 
 
 @pytest.fixture(scope="session")
-def notebook_data_dir(data_dir):  # noqa: F811
+def notebook_data_dir(data_dir):
     """The session's tiny scenes (test_train's fixture) plus the tiny videos, in one data_dir."""
     from common.data import loading
 

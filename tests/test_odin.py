@@ -25,7 +25,6 @@ from common import train
 from common.data import pipeline
 from odin.transport import transport_ids
 from tests import helpers
-from tests.test_train import data_dir  # noqa: F401  (session fixture)
 
 
 def _reference_transport(grid, box0, box, flip, size):
@@ -80,7 +79,7 @@ def test_transport_of_known_geometry_matches_reference():
 
 
 @pytest.fixture(scope="module")
-def discovery_batch(data_dir):  # noqa: F811
+def discovery_batch(data_dir):
     """A real pipeline batch with the discovery view and ground-truth ids in every view."""
     config = helpers.tiny_config("odin", data_dir, **{"data.mask_source": "gt"})
     it = pipeline.make_pretrain_iterator(config.data, global_batch_size=16, seed=3)
@@ -141,7 +140,7 @@ def _device_batch(config):
     return {k: jnp.asarray(v) for k, v in next(it).items() if not k.startswith("_")}
 
 
-def test_discovery_network_is_copied_every_n_steps(data_dir):  # noqa: F811
+def test_discovery_network_is_copied_every_n_steps(data_dir):
     """`copy` mode through the compiled step: tau 0 (a copy of the online network) every 2nd
     step, 1 (unchanged) otherwise. `ema` goes through the same update with its own tau
     (checked in `test_discovery_rates_of_each_mode`; the formula is tested in test_train)."""
@@ -165,7 +164,7 @@ def test_discovery_network_is_copied_every_n_steps(data_dir):  # noqa: F811
     assert "discovery" not in state.params  # never trained by the optimiser
 
 
-def test_step_compiles_once_and_trains_on_discovered_masks(data_dir, tmp_path, monkeypatch):  # noqa: F811
+def test_step_compiles_once_and_trains_on_discovered_masks(data_dir, tmp_path, monkeypatch):
     counted = chex.assert_max_traces(train.train_step, n=1)
     monkeypatch.setattr(train, "train_step", counted)
     config = helpers.tiny_config(
@@ -186,7 +185,7 @@ def test_step_compiles_once_and_trains_on_discovered_masks(data_dir, tmp_path, m
     assert all(r["train/segments_per_view"] >= 2 for r in rows)
 
 
-def test_masks_are_the_discovery_networks_kmeans_clusters(data_dir):  # noqa: F811
+def test_masks_are_the_discovery_networks_kmeans_clusters(data_dir):
     """The ids the loss sees are the k-means clusters of the discovery network's features on
     `view0`, transported: recompute them outside the method and compare."""
     from common import kmeans
@@ -209,7 +208,7 @@ def test_masks_are_the_discovery_networks_kmeans_clusters(data_dir):  # noqa: F8
         np.testing.assert_array_equal(np.asarray(got["mask" + v]), np.asarray(want))
 
 
-def test_discovery_rates_of_each_mode(data_dir):  # noqa: F811
+def test_discovery_rates_of_each_mode(data_dir):
     """`ema`: its own constant rate; `frozen` keeps tau = 1 (t + 0 (o - t) = t exactly);
     `cosine` is BYOL's schedule."""
     from common import optim
@@ -238,6 +237,6 @@ def test_target_mode_has_no_discovery_network_and_evaluates_the_target():
     assert sorted(method.build_networks()) == ["online", "target"]
 
 
-def test_bad_discovery_mode_is_a_clear_error(data_dir):  # noqa: F811
+def test_bad_discovery_mode_is_a_clear_error(data_dir):
     with pytest.raises(ValueError, match="discovery_mode must be one of"):
         _odin_setup(data_dir, **{"method_kwargs.discovery_mode": "sometimes"})

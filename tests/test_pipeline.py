@@ -10,7 +10,8 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from common.data import geometry, pipeline
+from common.data import config as data_config
+from common.data import geometry, iterators, pipeline
 
 H, W = 24, 32  # non-square, so that a height/width mix-up shows
 N_TRAIN, N_VAL = 26, 7
@@ -42,31 +43,38 @@ def scene(i: int) -> dict[str, np.ndarray]:
     }
 
 
-class PipelineTestScenes(tfds.core.GeneratorBasedBuilder):
-    """The synthetic_scenes features of ARCHITECTURE.md, tiny."""
+class _TinyBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """A tiny in-memory dataset; subclasses give `tiny_features()` and the generators."""
 
     VERSION = tfds.core.Version("1.0.0")
     # TFDS looks for a checksums file beside the builder's module through `importlib_resources`
     # (absent from the environment); these builders download nothing.
     code_path = None
 
+    def tiny_features(self) -> dict:
+        raise NotImplementedError
+
     def _info(self):
         return tfds.core.DatasetInfo(
-            builder=self,
-            features=tfds.features.FeaturesDict(
-                {
-                    "image": tfds.features.Image(shape=(H, W, 3)),
-                    "instance_mask": tfds.features.Image(shape=(H, W, 1)),
-                    "class_mask": tfds.features.Image(shape=(H, W, 1)),
-                    "labels": tfds.features.Tensor(shape=(NUM_CLASSES,), dtype=np.bool_),
-                    "label": tfds.features.ClassLabel(num_classes=NUM_CLASSES),
-                    # zlib, as synthetic_scenes stores them: decoded only after the skip
-                    "fh_masks": tfds.features.Tensor(
-                        shape=(2, H, W), dtype=np.uint8, encoding=tfds.features.Encoding.ZLIB
-                    ),
-                }
-            ),
+            builder=self, features=tfds.features.FeaturesDict(self.tiny_features())
         )
+
+
+class PipelineTestScenes(_TinyBuilder):
+    """The synthetic_scenes features of ARCHITECTURE.md, tiny."""
+
+    def tiny_features(self):
+        return {
+            "image": tfds.features.Image(shape=(H, W, 3)),
+            "instance_mask": tfds.features.Image(shape=(H, W, 1)),
+            "class_mask": tfds.features.Image(shape=(H, W, 1)),
+            "labels": tfds.features.Tensor(shape=(NUM_CLASSES,), dtype=np.bool_),
+            "label": tfds.features.ClassLabel(num_classes=NUM_CLASSES),
+            # zlib, as synthetic_scenes stores them: decoded only after the skip
+            "fh_masks": tfds.features.Tensor(
+                shape=(2, H, W), dtype=np.uint8, encoding=tfds.features.Encoding.ZLIB
+            ),
+        }
 
     def _split_generators(self, dl_manager):
         del dl_manager
@@ -88,29 +96,17 @@ def clip_frames(c: int, t: int) -> np.ndarray:
     return np.broadcast_to(np.array([40 * c, 40 * t, 200], np.uint8), (16, 20, 3))
 
 
-class PipelineTestVideos(tfds.core.GeneratorBasedBuilder):
+class PipelineTestVideos(_TinyBuilder):
     """The synthetic_videos features, tiny: frames encoded as PNG, masks = frame number."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    # TFDS looks for a checksums file beside the builder's module through `importlib_resources`
-    # (absent from the environment); these builders download nothing.
-    code_path = None
-
-    def _info(self):
-        return tfds.core.DatasetInfo(
-            builder=self,
-            features=tfds.features.FeaturesDict(
-                {
-                    "video": tfds.features.Video(shape=(T_VIDEO, 16, 20, 3)),
-                    "instance_masks": tfds.features.Tensor(
-                        shape=(T_VIDEO, 16, 20),
-                        dtype=np.uint8,
-                        encoding=tfds.features.Encoding.ZLIB,
-                    ),
-                    "label": tfds.features.ClassLabel(num_classes=8),
-                }
+    def tiny_features(self):
+        return {
+            "video": tfds.features.Video(shape=(T_VIDEO, 16, 20, 3)),
+            "instance_masks": tfds.features.Tensor(
+                shape=(T_VIDEO, 16, 20), dtype=np.uint8, encoding=tfds.features.Encoding.ZLIB
             ),
-        )
+            "label": tfds.features.ClassLabel(num_classes=8),
+        }
 
     def _split_generators(self, dl_manager):
         del dl_manager
@@ -134,7 +130,7 @@ def data_dir(tmp_path_factory):
 
 
 def config(data_dir, **kw):
-    cfg = pipeline.default_data_config()
+    cfg = data_config.default_data_config()
     cfg.update(dict(name="pipeline_test_scenes", data_dir=data_dir, image_size=32))
     cfg.update(kw)
     return cfg
@@ -495,7 +491,7 @@ def test_bad_record_raises_naming_it(bad, pattern):
     it = pipeline.make_pretrain_iterator(
         cfg, global_batch_size=2, seed=0, dataset=bad_dataset(**bad)
     )
-    with pytest.raises(pipeline.BadRecordError, match=pattern):
+    with pytest.raises(iterators.BadRecordError, match=pattern):
         take(it, 4)
 
 
@@ -528,8 +524,8 @@ def test_exact_resume_from_position_with_skipped_records():
 
 
 def test_config_defaults_are_documented():
-    cfg = pipeline.default_data_config()
-    doc = pipeline.default_data_config.__doc__
+    cfg = data_config.default_data_config()
+    doc = data_config.default_data_config.__doc__
     for key in cfg:
         assert re.search(rf"\b{key}\b", doc), key
 

@@ -9,7 +9,6 @@ import shlex
 import subprocess
 
 from tests import helpers
-from tests.test_train import data_dir  # noqa: F401  (session fixture)
 
 
 def readme_commands() -> list[str]:
@@ -26,7 +25,7 @@ def test_readme_has_install_main_job_and_tests():
     assert "pytest" in tests
 
 
-def test_main_job_command_runs_and_prints_its_evaluation(data_dir, tmp_path):  # noqa: F811
+def test_main_job_command_runs_and_prints_its_evaluation(data_dir, tmp_path):
     args = shlex.split(readme_commands()[1])
     args = [a.replace("workdirs/", f"{tmp_path}/workdirs/") for a in args]
     args[0] = helpers.sys.executable

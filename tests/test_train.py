@@ -14,22 +14,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from common import train
 from tests import helpers
-
-
-@pytest.fixture(scope="session")
-def data_dir(tmp_path_factory):
-    """The tiny embedded dataset, built once for the whole session."""
-    from common.data import loading
-
-    path = str(tmp_path_factory.mktemp("tfds"))
-    config = helpers.tiny_config("byol", path)
-    loading.ensure_dataset(config.data)
-    return path
 
 
 def _random_batch(config, batch_size, seed=0):
@@ -42,27 +29,14 @@ def _random_batch(config, batch_size, seed=0):
     }
 
 
-def _step_on(devices, setup, batch):
-    mesh = Mesh(np.asarray(devices), ("data",))
-    replicated = NamedSharding(mesh, P())
-    state = jax.jit(functools.partial(train.init_state, setup), out_shardings=replicated)(
-        train.init_rng(0)
-    )
-    batch = train.to_global(batch, NamedSharding(mesh, P("data")))
-    step = jax.jit(functools.partial(train.train_step, setup), out_shardings=replicated)
-    state, _ = step(state, batch)
-    state, metrics = step(state, batch)
-    return jax.device_get(state), jax.device_get(metrics)
-
-
 @pytest.mark.parametrize("experiment", ["byol", "simclr", "moclr"])
 def test_step_on_8_devices_equals_1_device(experiment, tmp_path):
     """Global BatchNorm and global negatives: sharding the batch must not change the math."""
     config = helpers.tiny_config(experiment, str(tmp_path))
     setup = train.build(config, num_examples=256)
     batch = _random_batch(config, config.batch_size)
-    state8, m8 = _step_on(jax.devices()[:8], setup, batch)
-    state1, m1 = _step_on(jax.devices()[:1], setup, batch)
+    state8, m8 = helpers.step_on(jax.devices()[:8], setup, batch)
+    state1, m1 = helpers.step_on(jax.devices()[:1], setup, batch)
     for part in ("params", "ema_params", "batch_stats"):
         a, b = (
             {jax.tree_util.keystr(p): np.asarray(x) for p, x in

@@ -28,7 +28,6 @@ import pytest
 from common import heads, train
 from common.eval import label_propagation as lp
 from tests import helpers
-from tests.test_train import data_dir  # noqa: F401  (session fixture)
 
 # ---------------------------------------------------------------------------------------------
 # Attention pooling.
@@ -116,7 +115,7 @@ def test_concat_and_several_queries_shapes(tmp_path):
 # Frame pairs through the trainer's data iterator.
 
 
-def _vito_config(data_dir, **overrides):  # noqa: F811
+def _vito_config(data_dir, **overrides):
     return helpers.tiny_config(
         "vito", data_dir, **{
             "data.name": "synthetic_videos/tiny",
@@ -129,7 +128,7 @@ def _vito_config(data_dir, **overrides):  # noqa: F811
     )  # fmt: skip
 
 
-def test_trainer_reads_frame_pairs_and_offset_zero_is_one_frame(data_dir):  # noqa: F811
+def test_trainer_reads_frame_pairs_and_offset_zero_is_one_frame(data_dir):
     from common.data import loading
 
     config = _vito_config(data_dir)
@@ -233,7 +232,7 @@ def test_curation_keeps_and_drops_the_right_videos(tmp_path):
         curate.curate("curate_test_videos", d, PixelCodeClassifier, threshold=1.5)
 
 
-def test_checkpoint_classifier_predicts_with_the_runs_linear_head(data_dir, tmp_path):  # noqa: F811
+def test_checkpoint_classifier_predicts_with_the_runs_linear_head(data_dir, tmp_path):
     """A checkpoint whose linear head ignores the features (kernel 0) and favours class 7
     predicts 7 for every frame: the classifier is the run's network + head, restored."""
     from common import checkpoint
@@ -307,7 +306,7 @@ def test_j_and_f_of_known_errors():
 # The training step.
 
 
-def test_vito_step_compiles_once_and_runs(data_dir, tmp_path, monkeypatch):  # noqa: F811
+def test_vito_step_compiles_once_and_runs(data_dir, tmp_path, monkeypatch):
     counted = chex.assert_max_traces(train.train_step, n=1)
     monkeypatch.setattr(train, "train_step", counted)
     config = _vito_config(data_dir, pictures_every_steps=6)

@@ -27,7 +27,7 @@ classifier class as a JSON list.
 
 Both passes are Apache Beam pipelines (scoring: one work item per `records_per_shard` videos,
 each worker loading the classifier once; writing: TFDS's Beam support), run locally by the
-FnApiRunner (DirectRunner's engine, see `common.data.fh_masks.beam_runner`) on all cores by
+FnApiRunner (DirectRunner's engine, see `common.data.build_tools.beam_runner`) on all cores by
 default, or on any runner given by `--beam_pipeline_options` (workers then need this package,
 e.g. `setup_file=./setup.py`, and the data on shared storage).
 """
@@ -47,8 +47,8 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
-from common.data import fh_masks
-from common.data.shards import Shard, plan_shards
+from common.data import build_tools
+from common.data.shards import Shard, plan_source_shards
 
 DEFAULT_THRESHOLD = 0.5  # [DEFAULT]: the paper's threshold is unknown
 DEFAULT_NUM_FRAMES = 100  # the talk: "the first 100 frames"
@@ -201,7 +201,7 @@ def first_frames(job: Job, video) -> np.ndarray:
 def score_shard(job: Job, shard: Shard, classifier: Callable) -> Iterator[dict]:
     """One row per video of the shard: split, index, tfds_id, label, frames, agreement."""
     builder = _source(job)
-    decoders = fh_masks._skip_decoders(builder.info.features[job.video_key])
+    decoders = build_tools.skip_decoders(builder.info.features[job.video_key])
     ds = builder.as_dataset(
         split=shard.tfds_split,
         decoders={job.video_key: decoders} if decoders else None,
@@ -251,7 +251,7 @@ def run_scoring(job: Job, shards: Sequence[Shard], factory, options, out_dir: st
     prefix = os.path.join(out_dir, "scores")
     for f in glob.glob(prefix + "*"):
         os.remove(f)
-    with beam.Pipeline(runner=fh_masks.beam_runner(options), options=options) as p:
+    with beam.Pipeline(runner=build_tools.beam_runner(options), options=options) as p:
         _ = (
             p
             | "Shards" >> beam.Create(list(shards))
@@ -276,14 +276,14 @@ def _kept_records(shard: Shard, job: Job, kept: frozenset) -> Iterator[tuple[str
     features = builder.info.features
     ds = builder.as_dataset(
         split=shard.tfds_split,
-        decoders=fh_masks._skip_decoders(features),
+        decoders=build_tools.skip_decoders(features),
         shuffle_files=False,
         read_config=tfds.ReadConfig(interleave_cycle_length=1),
     )
     for offset, ex in enumerate(tfds.as_numpy(ds)):
         index = shard.start + offset
         if (shard.split, index) in kept:
-            yield f"{shard.split}-{index}", fh_masks._encodable(features, ex)
+            yield f"{shard.split}-{index}", build_tools.encodable(features, ex)
 
 
 def write_filtered(
@@ -317,7 +317,7 @@ def write_filtered(
         data_dir=data_dir,
         description=description,
         download_config=tfds.download.DownloadConfig(
-            beam_runner=fh_masks.beam_runner(options),
+            beam_runner=build_tools.beam_runner(options),
             beam_options=options,
             compute_stats=tfds.download.ComputeStatsMode.SKIP,
         ),
@@ -368,20 +368,14 @@ def curate(
         raise ValueError(f"--threshold must be in [0, 1], got {threshold}")
     if num_frames < 1:
         raise ValueError(f"--num_frames must be positive, got {num_frames}")
-    source = fh_masks.load_source(dataset, data_dir)
+    source = build_tools.load_source(dataset, data_dir)
     features = source.info.features
     for key in (video_key, label_key):
         if key not in features:
             raise ValueError(
                 f"{source.info.full_name} has no feature {key!r} (features: {list(features)})"
             )
-    available = dict(source.info.splits.items())
-    splits = list(splits) if splits else list(available)
-    missing = [s for s in splits if s not in available]
-    if missing:
-        raise ValueError(
-            f"{source.info.full_name} has no split {missing}; it has {list(available)}"
-        )
+    splits, shards = plan_source_shards(source, splits, records_per_shard)
     job = Job(
         source_dir=os.fspath(source.data_dir),
         video_key=video_key,
@@ -389,11 +383,10 @@ def curate(
         num_frames=int(num_frames),
         class_map=tuple(int(c) for c in class_map) if class_map is not None else None,
     )
-    shards = plan_shards({s: available[s].num_examples for s in splits}, records_per_shard)
     name = output_name or f"{source.name}_curated"
     config_name = f"t{threshold:g}-n{num_frames}".replace(".", "p")
-    fh_masks._make_importable_by_workers()
-    options = fh_masks.beam_options(beam_pipeline_options)
+    build_tools.make_importable_by_workers()
+    options = build_tools.beam_options(beam_pipeline_options)
     work = os.path.join(data_dir, "downloads", "curate_work", name, config_name)
     os.makedirs(work, exist_ok=True)
 

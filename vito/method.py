@@ -16,13 +16,12 @@ from __future__ import annotations
 import jax.numpy as jnp
 import ml_collections
 
-from baselines.byol import TwoTowerMethod
 from common import losses
-from common.method import flatten_projection, register
+from common.method import flatten_projection
+from common.two_tower import TwoTowerMethod
 from vito.network import build_multiscale_network
 
 
-@register("vito")
 class VITO(TwoTowerMethod):
     @classmethod
     def default_config(cls) -> ml_collections.ConfigDict:

@@ -25,11 +25,12 @@ checkpoint trained more than ~200 steps. On export we write `hidden = average` a
 from __future__ import annotations
 
 import os
-import pickle
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+
+from common import safe_pickle
 
 SEP = "/~/"
 # Haiku module leaves that have no counterpart in the encoder: the classification head.
@@ -190,7 +191,7 @@ def flax_to_haiku(
 
 # Field order of the NamedTuples DeepMind's trainers pickle as their experiment state. Pickle
 # stores a NamedTuple as its class's import path plus its values in order, without field names;
-# when the class cannot be imported here (the `byol` package is not a dependency) the names come
+# the class is never imported (`safe_pickle` reads it as an inert stand-in), so the names come
 # from this table.
 KNOWN_EXPERIMENT_STATES = {
     # byol/byol_experiment.py: byol.utils.checkpointing pickles (with dill, protocol 2)
@@ -201,58 +202,17 @@ KNOWN_EXPERIMENT_STATES = {
 }  # fmt: skip
 
 
-class MissingClass:
-    """Stands in for a class or function a pickle names but this environment cannot import.
-
-    Unpickling builds it with whatever the pickle passes (`args`, and `state` from
-    `__setstate__`), so the arrays inside a checkpoint stay readable without the code that wrote
-    it (DeepMind's `byol` package, optax/jax classes of another version, ...).
-    """
-
-    pickled_module = ""
-
-    def __new__(cls, *args, **kwargs):
-        obj = object.__new__(cls)
-        obj.args, obj.kwargs, obj.state = args, kwargs, None
-        return obj
-
-    def __init__(self, *args, **kwargs):
-        pass
-
-    def __setstate__(self, state):
-        self.state = state
-
-    def __repr__(self):
-        return f"<unimportable {self.pickled_module}.{type(self).__name__}>"
-
-
-class _LenientUnpickler(pickle.Unpickler):
-    def find_class(self, module, name):
-        try:
-            return super().find_class(module, name)
-        except (ImportError, AttributeError):
-            return type(name, (MissingClass,), {"pickled_module": module})
-
-
-def _unpickle(f) -> Any:
-    return _LenientUnpickler(f, encoding="latin1").load()
-
-
 def _read_checkpoint_file(path: str) -> Any:
+    """The object a `.npy` (np.save of a dict) or a pickle holds, read by `safe_pickle`."""
     with open(path, "rb") as f:
-        if f.read(6) != b"\x93NUMPY":  # np.save's magic string; anything else is a pickle
+        is_npy = f.read(6) == b"\x93NUMPY"  # np.save's magic string; anything else is a pickle
+        if not is_npy:
             f.seek(0)
-            return _unpickle(f)
-        f.seek(0)
-        version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            _, _, dtype = np.lib.format.read_array_header_1_0(f)
-        else:
-            _, _, dtype = np.lib.format.read_array_header_2_0(f)
-        if not dtype.hasobject:
-            raise ValueError(f"{path} holds a plain {dtype} array, not a pickled checkpoint dict")
-        tree = _unpickle(f)  # np.save writes object arrays as one pickle after the header
-    if isinstance(tree, np.ndarray) and tree.dtype == object and tree.shape == ():
+            return safe_pickle.load(f, source=path)
+    tree = safe_pickle.load_npy(path)
+    if tree.dtype != object:
+        raise ValueError(f"{path} holds a plain {tree.dtype} array, not a pickled checkpoint dict")
+    if tree.shape == ():
         tree = tree.item()
     return tree
 
@@ -262,7 +222,7 @@ def _as_mapping(obj: Any, what: str) -> Mapping:
         return obj
     if hasattr(obj, "_asdict"):  # the NamedTuple itself (its package is importable)
         return dict(obj._asdict())
-    if isinstance(obj, MissingClass):
+    if isinstance(obj, safe_pickle.StandIn):
         fields = KNOWN_EXPERIMENT_STATES.get(type(obj).__name__)
         if fields is not None and len(obj.args) == len(fields):
             return dict(zip(fields, obj.args))
@@ -284,9 +244,9 @@ def load_haiku_checkpoint(
 
     * BYOL's checkpoint (`byol.utils.checkpointing`, e.g. the released `pretrain_res50x1.pkl`):
       `{'experiment_state': _ByolExperimentState(online_params, target_params, online_state,
-      target_state, opt_state), 'step', 'rng'}`. The `byol` package is not needed: classes that
-      cannot be imported are read as `MissingClass` and the experiment state's fields are named
-      from `KNOWN_EXPERIMENT_STATES`.
+      target_state, opt_state), 'step', 'rng'}`. The `byol` package is not needed (nor
+      imported): its classes are read as inert `safe_pickle.StandIn`s and the experiment
+      state's fields are named from `KNOWN_EXPERIMENT_STATES`.
     * `{'<network>_params', '<network>_state', ...}` (an experiment state as a dict);
     * `{'params', 'state'}`;
     * a flat dict of Haiku modules, params and state mixed (what DetCon's released
@@ -303,6 +263,8 @@ def load_haiku_checkpoint(
     Raises:
       FileNotFoundError: no such file.
       ValueError: a file that holds no such layout, or an experiment state without `network`.
+      safe_pickle.UnsafePickleError: the pickle names a global outside `safe_pickle`'s
+        allow-list (e.g. `os.system`); nothing of it was executed.
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Haiku checkpoint {path} does not exist")

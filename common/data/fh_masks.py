@@ -35,9 +35,9 @@ Generation has two stages, both resumable:
 
 Beam runs locally on all cores by default (`direct_num_workers=0,
 direct_running_mode=multi_processing`, executed by the FnApiRunner, the DirectRunner's batch
-engine; see `beam_runner` for why it is named explicitly); any runner's options (Dataflow,
-Flink, Spark: `runner=DataflowRunner,project=...,temp_location=gs://...`) go through
-`--beam_pipeline_options` (comma-separated `key=value`; the work directory must then be on
+engine; see `common.data.build_tools.beam_runner` for why it is named explicitly); any runner's
+options (Dataflow, Flink, Spark: `runner=DataflowRunner,project=...,temp_location=gs://...`) go
+through `--beam_pipeline_options` (comma-separated `key=value`; the work directory must then be on
 storage every worker sees, e.g. `gs://`, and the workers need this package, e.g.
 `setup_file=./setup.py`). `--local` computes the same thing without Beam, in this
 process (`--num_workers N` for a process pool in stage 1).
@@ -54,7 +54,6 @@ import contextlib
 import copy
 import dataclasses
 import functools
-import io
 import logging
 import os
 import types
@@ -66,14 +65,13 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from common.data import segmentation, tfds_compat
-from common.data.shards import Shard, plan_shards
+from common.data import build_tools, segmentation, tfds_compat
+from common.data.shards import Shard, plan_source_shards
 
 del tfds_compat  # imported for its fix to TFDS (see the module)
 
 FEATURE = "fh_masks"
 DEFAULT_RECORDS_PER_SHARD = 256
-DEFAULT_BEAM_OPTIONS = "direct_num_workers=0,direct_running_mode=multi_processing"
 _FORMAT_VERSION = 1  # of the work-directory shard files
 
 
@@ -118,48 +116,10 @@ def _source_builder(job: FhJob) -> tfds.core.DatasetBuilder:
     return _SOURCE_CACHE[job.source_dir]
 
 
-def _skip_decoders(feature):
-    """Decoders that leave every Image/Video leaf encoded (bytes), None where nothing to skip."""
-    if isinstance(feature, tfds.features.Image):
-        return tfds.decode.SkipDecoding()
-    if isinstance(feature, tfds.features.Sequence):  # includes Video (a Sequence of Image)
-        return _skip_decoders(feature.feature)
-    if isinstance(feature, tfds.features.FeaturesDict):
-        decoders = {k: _skip_decoders(v) for k, v in feature.items()}
-        decoders = {k: v for k, v in decoders.items() if v is not None}
-        return decoders or None
-    return None
-
-
-def _encodable(feature, value):
-    """Turns a record read with `_skip_decoders` back into what `encode_example` takes.
-
-    Encoded images become file objects (TFDS then stores their bytes as they are); every other
-    leaf is a NumPy value that its feature encodes back exactly (ints, floats as float32, text as
-    bytes, class labels as ints, boxes as `[4]` float32).
-    """
-    if isinstance(feature, tfds.features.Image):
-        return io.BytesIO(bytes(value))
-    if isinstance(feature, tfds.features.Sequence):
-        inner = feature.feature
-        if isinstance(inner, tfds.features.FeaturesDict):
-            return {k: _encodable_sequence(inner[k], v) for k, v in value.items()}
-        return _encodable_sequence(inner, value)
-    if isinstance(feature, tfds.features.FeaturesDict):
-        return {k: _encodable(feature[k], v) for k, v in value.items()}
-    return value
-
-
-def _encodable_sequence(inner, values):
-    if isinstance(inner, (tfds.features.Image, tfds.features.Sequence, tfds.features.FeaturesDict)):
-        return [_encodable(inner, v) for v in values]
-    return values
-
-
 def read_records(job: FhJob, shard: Shard) -> Iterator[tuple[int, dict]]:
     """Yields `(index in split, record)` for the shard, images left encoded (bytes)."""
     builder = _source_builder(job)
-    decoders = _skip_decoders(builder.info.features)
+    decoders = build_tools.skip_decoders(builder.info.features)
     dataset = builder.as_dataset(
         split=shard.tfds_split,
         decoders=decoders,
@@ -291,7 +251,7 @@ def shard_examples(job: FhJob, shard: Shard, dtype: str) -> Iterator[tuple[int, 
                     f"FH file {shard_file(job, shard)} does not match source record {name}: "
                     f"the source changed; remove the work directory {job.work_dir}"
                 )
-            example = _encodable(features, record)
+            example = build_tools.encodable(features, record)
             example[FEATURE] = segmentation.cast_ids(data[f"ids_{i}"], dtype, record=name)
             yield index, example
 
@@ -433,94 +393,11 @@ def derived_builder_cls(source: tfds.core.DatasetBuilder) -> type:
 # ---------------------------------------------------------------------------------------------
 
 
-def _import_local_builders() -> None:
-    # Registers the builders of this package so `--dataset synthetic_scenes/tiny` resolves.
-    import common.data.folder_builders  # noqa: F401
-    import common.data.synthetic_scenes  # noqa: F401
-    import common.data.synthetic_videos  # noqa: F401
-
-
-def load_source(
-    dataset: str, data_dir: str, *, manual_dir: str | None = None
-) -> tfds.core.DatasetBuilder:
-    """The prepared source builder; prepares manual-download and embedded datasets if needed.
-
-    Raises:
-      FileNotFoundError: a manual-download dataset whose manual directory is missing or empty
-        (the message names the directory), or a dataset that is neither prepared nor
-        preparable here (e.g. `coco/2017` never built with `tfds build`).
-    """
-    _import_local_builders()
-    try:
-        builder = tfds.builder(dataset, data_dir=data_dir)
-    except ValueError as e:  # e.g. a folder dataset's config that was never built
-        raise FileNotFoundError(
-            f"{dataset} is neither prepared in {data_dir} nor a known builder config ({e}). "
-            "Folder datasets are built with `python -m common.data.folder_builders` first."
-        ) from e
-    if builder.is_prepared():
-        return builder
-    if getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None):
-        manual = epath.Path(manual_dir or os.path.join(data_dir, "downloads", "manual"))
-        if not manual.exists() or not any(manual.iterdir()):
-            raise FileNotFoundError(
-                f"{builder.info.full_name} is not prepared in {data_dir} and needs a manual "
-                f"download, but the manual directory {manual} is missing or empty. Put the "
-                f"files there (or pass --manual_dir):\n{builder.MANUAL_DOWNLOAD_INSTRUCTIONS}"
-            )
-        builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual))
-        )
-        return builder
-    if getattr(builder, "LOCAL_GENERATION", False):
-        builder.download_and_prepare()
-        return builder
-    raise FileNotFoundError(
-        f"{builder.info.full_name} is not prepared in {data_dir}: prepare it first "
-        f"(`tfds build {dataset} --data_dir {data_dir}`), then run this again"
-    )
-
-
 def _default_name_key(features) -> str | None:
     for key, feature in features.items():
         if isinstance(feature, tfds.features.Text) and "file" in key:
             return key
     return None
-
-
-def beam_options(options: str | Sequence[str] | None):
-    """`PipelineOptions` from `"key=value,key=value"` (or a list of `--key=value`)."""
-    from apache_beam.options.pipeline_options import PipelineOptions
-
-    if options is None:
-        options = DEFAULT_BEAM_OPTIONS
-    if isinstance(options, str):
-        options = [f"--{item.strip().lstrip('-')}" for item in options.split(",") if item.strip()]
-    return PipelineOptions(list(options))
-
-
-def beam_runner(options):
-    """The runner to use: the options' own, else the local FnApiRunner.
-
-    Without a runner, Beam's DirectRunner (2.6x+) first tries the Prism runner, which downloads a
-    binary at run time (impossible offline) and does not honour `direct_num_workers`; the
-    FnApiRunner is the engine DirectRunner falls back to for batch pipelines, and it runs them
-    on `direct_num_workers` processes in `direct_running_mode`.
-    """
-    if options.get_all_options().get("runner"):
-        return None  # Beam resolves the named runner from the options
-    from apache_beam.runners.portability.fn_api_runner import fn_runner
-
-    return fn_runner.FnApiRunner()
-
-
-def _make_importable_by_workers() -> None:
-    # DirectRunner's multi-processing workers are new Python processes: they import this package
-    # by name to unpickle the functions, so it must be on their path even when not installed.
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
-    if root not in paths:
-        os.environ["PYTHONPATH"] = os.pathsep.join([root] + [p for p in paths if p])
 
 
 def build_fh_dataset(
@@ -562,21 +439,14 @@ def build_fh_dataset(
     fh_settings = tuple((float(s), int(m)) for s, m in fh_settings)
     if fh_dtype not in ("auto", "uint8", "uint16"):
         raise ValueError(f"fh_dtype must be auto, uint8 or uint16, got {fh_dtype!r}")
-    source = load_source(dataset, data_dir, manual_dir=manual_dir)
+    source = build_tools.load_source(dataset, data_dir, manual_dir=manual_dir)
     features = source.info.features
     if image_key not in features or not isinstance(features[image_key], tfds.features.Image):
         raise ValueError(
             f"{source.info.full_name} has no Image feature {image_key!r} "
             f"(features: {list(features)}); pass --image_key"
         )
-    available = dict(source.info.splits.items())
-    splits = list(available) if not splits else list(splits)
-    missing = [s for s in splits if s not in available]
-    if missing:
-        raise ValueError(
-            f"{source.info.full_name} has no split {missing}; it has {list(available)}"
-        )
-    shards = plan_shards({s: available[s].num_examples for s in splits}, records_per_shard)
+    splits, shards = plan_source_shards(source, splits, records_per_shard)
 
     cls = derived_builder_cls(source)
     name = config_name(source.builder_config.name if source.builder_config else None, fh_settings)
@@ -597,11 +467,11 @@ def build_fh_dataset(
         name_key=_default_name_key(features),
     )
     if use_beam:
-        _make_importable_by_workers()
-        options = beam_options(beam_pipeline_options)
+        build_tools.make_importable_by_workers()
+        options = build_tools.beam_options(beam_pipeline_options)
 
     if fh_dtype == "auto":
-        _compute_all_shards(job, shards, use_beam, options if use_beam else None, num_workers)
+        compute_all_shards(job, shards, use_beam, options if use_beam else None, num_workers)
         fh_dtype = _choose_dtype(job, shards).name
 
     config = FhConfig(
@@ -614,7 +484,7 @@ def build_fh_dataset(
     )
     derived = cls(config=config, data_dir=data_dir)
     download_config = tfds.download.DownloadConfig(
-        beam_runner=beam_runner(options) if use_beam else None,
+        beam_runner=build_tools.beam_runner(options) if use_beam else None,
         beam_options=options if use_beam else None,
         # Records that failed in a killed run are re-generated; TFDS's own statistics pass would
         # read the whole dataset once more for nothing DetCon uses.
@@ -626,7 +496,7 @@ def build_fh_dataset(
     return derived
 
 
-def _compute_all_shards(job, shards, use_beam, options, num_workers, pool=None) -> None:
+def compute_all_shards(job, shards, use_beam, options, num_workers, pool=None) -> None:
     """Computes every shard file not yet on disk: through Beam, or locally in `num_workers`
     processes (a started `pool` of them may be given, e.g. to reuse one across calls)."""
     pending = [s for s in shards if not shard_file(job, s).exists()]
@@ -636,7 +506,7 @@ def _compute_all_shards(job, shards, use_beam, options, num_workers, pool=None) 
     if use_beam:
         import apache_beam as beam
 
-        with beam.Pipeline(runner=beam_runner(options), options=options) as pipeline:
+        with beam.Pipeline(runner=build_tools.beam_runner(options), options=options) as pipeline:
             _ = (
                 pipeline
                 | "Shards" >> beam.Create(pending)
@@ -644,15 +514,13 @@ def _compute_all_shards(job, shards, use_beam, options, num_workers, pool=None) 
                 | "FH" >> beam.Map(_compute_shard_element, job=job)
             )
         return
-    from common.data import procedural
-
     fn = functools.partial(_compute_shard_element, job=job)
     if pool is not None:
-        for _ in procedural.ordered_map(fn, pending, pool=pool, chunksize=1):
+        for _ in build_tools.ordered_map(fn, pending, pool=pool, chunksize=1):
             pass
         return
-    with procedural.worker_pool(num_workers) as pool:
-        for _ in procedural.ordered_map(fn, pending, pool=pool, chunksize=1):
+    with build_tools.worker_pool(num_workers) as pool:
+        for _ in build_tools.ordered_map(fn, pending, pool=pool, chunksize=1):
             pass
 
 

@@ -11,7 +11,6 @@ the classes from appearance and from shape. Geometry is evaluated in the object'
 from __future__ import annotations
 
 import colorsys
-import contextlib
 import dataclasses
 from collections.abc import Callable
 
@@ -626,51 +625,3 @@ def clip_record(
             Image.fromarray(frame).save(buffer, format="JPEG", quality=95)
             frames.append(buffer.getvalue())
     return {"video": frames, "instance_masks": clip.instance_masks, "label": clip.label}
-
-
-@contextlib.contextmanager
-def worker_pool(num_workers: int):
-    """A `ProcessPoolExecutor` of `num_workers` spawned processes, or None when `num_workers <= 1`.
-
-    Spawned rather than forked: the parent has TensorFlow's threads running, and forking a
-    multi-threaded process can deadlock the child. One pool serves every split of a build because
-    starting one costs about a second per worker (each imports NumPy, scikit-image and PIL).
-    An executor rather than `multiprocessing.Pool`: when a worker dies (killed for memory, or a
-    script without a `__main__` guard that every spawned worker re-runs), the executor fails
-    (`ordered_map` then says why) where a `Pool` replaces the worker and waits forever. Leaving
-    the block on an error cancels the work not yet started instead of finishing it.
-    """
-    if num_workers <= 1:
-        yield None
-        return
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    pool = ProcessPoolExecutor(num_workers, mp_context=multiprocessing.get_context("spawn"))
-    try:
-        yield pool
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-def ordered_map(fn, items, *, pool=None, chunksize: int = 32):
-    """`map(fn, items)` in order, in `pool` (a `worker_pool`) when one is given (`fn` must then
-    be picklable). A worker that dies raises a RuntimeError that names the likely causes."""
-    if pool is None:
-        return map(fn, items)
-    return _results_or_explain(pool.map(fn, items, chunksize=chunksize))
-
-
-def _results_or_explain(results):
-    from concurrent.futures.process import BrokenProcessPool
-
-    try:
-        yield from results
-    except BrokenProcessPool as e:
-        raise RuntimeError(
-            "a worker process of the dataset build died before finishing its work. If the build "
-            "runs from a script, put the call under `if __name__ == '__main__':` (the workers "
-            "are spawned and re-import the script, so an unguarded build starts again in every "
-            "worker); otherwise look for a worker killed for memory (dmesg), or build with "
-            "num_workers=1 to see the error in this process"
-        ) from e

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,3 +34,22 @@ def plan_shards(split_sizes: dict[str, int], records_per_shard: int) -> list[Sha
         for split, size in split_sizes.items()
         for start in range(0, size, records_per_shard)
     ]
+
+
+def plan_source_shards(
+    source, splits: Sequence[str] | None, records_per_shard: int
+) -> tuple[list[str], list[Shard]]:
+    """`(splits, shards)`: the named splits (all when None or empty) of a prepared TFDS builder
+    `source`, and their shards.
+
+    Raises:
+      ValueError: a split the source does not have (naming it and the ones it has).
+    """
+    available = dict(source.info.splits.items())
+    splits = list(splits) if splits else list(available)
+    missing = [s for s in splits if s not in available]
+    if missing:
+        raise ValueError(
+            f"{source.info.full_name} has no split {missing}; it has {list(available)}"
+        )
+    return splits, plan_shards({s: available[s].num_examples for s in splits}, records_per_shard)

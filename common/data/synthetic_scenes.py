@@ -41,16 +41,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 
 import numpy as np
 import tensorflow_datasets as tfds
 
-from common.data import procedural, segmentation, tfds_compat
+from common.data import build_tools, procedural, segmentation, tfds_compat
 
 del tfds_compat  # imported for its fix to TFDS (see the module)
-
-SPLITS = ("train", "validation", "test")
 
 
 @dataclasses.dataclass(eq=False)
@@ -95,18 +92,13 @@ class SyntheticScenesConfig(tfds.core.BuilderConfig):
         size = self.image_size
         return segmentation.fh_dtype_for_size(size, size, self.fh_settings)
 
-    def split_sizes(self) -> dict[str, int]:
-        return {
-            "train": self.num_train,
-            "validation": self.num_validation,
-            "test": self.num_test,
-        }
-
 
 # Run as a script, this file is also imported under its package name by `main` (TFDS reads the
 # builder's package files), so only that copy registers the dataset name.
 class SyntheticScenes(
-    tfds.core.GeneratorBasedBuilder, skip_registration=__name__ in ("__main__", "__mp_main__")
+    build_tools.WorkerPoolBuilder,
+    tfds.core.GeneratorBasedBuilder,
+    skip_registration=__name__ in ("__main__", "__mp_main__"),
 ):
     """Multi-object scenes with instance, class and FH masks, generated locally."""
 
@@ -126,12 +118,6 @@ class SyntheticScenes(
     DEFAULT_CONFIG_NAME = "default"
     # Marks the builders that `common.data.fh_masks` may prepare itself (no download involved).
     LOCAL_GENERATION = True
-
-    def __init__(self, *, num_workers: int | None = None, **kwargs):
-        """Builder; `num_workers` processes render examples (default: all cores)."""
-        self._num_workers = (os.cpu_count() or 1) if num_workers is None else num_workers
-        self._pool = None
-        super().__init__(**kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
         config = self.builder_config
@@ -163,23 +149,6 @@ class SyntheticScenes(
             ),
         )
 
-    def _download_and_prepare(self, dl_manager, download_config):
-        # Every split is generated inside this call (no Beam), so one pool serves them all.
-        with procedural.worker_pool(self._num_workers) as pool:
-            self._pool = pool
-            try:
-                super()._download_and_prepare(dl_manager, download_config)
-            finally:
-                self._pool = None
-
-    def _split_generators(self, dl_manager):
-        del dl_manager  # nothing to download
-        sizes = self.builder_config.split_sizes()
-        return {
-            name: self._generate_examples(split_id=i, num_examples=sizes[name])
-            for i, name in enumerate(SPLITS)
-        }
-
     def _generate_examples(self, split_id: int, num_examples: int):
         config = self.builder_config
         render = functools.partial(
@@ -191,7 +160,7 @@ class SyntheticScenes(
             fh_settings=config.fh_settings,
             fh_dtype=config.fh_dtype.name,
         )
-        records = procedural.ordered_map(render, range(num_examples), pool=self._pool)
+        records = self.render(render, num_examples)
         for index, record in enumerate(records):
             yield index, _as_example(record)
 
@@ -210,23 +179,7 @@ def _as_example(record: dict) -> dict:
 
 def main(argv=None):
     """Builds a config: `python -m common.data.synthetic_scenes --data_dir D --config tiny`."""
-    import argparse
-    import time
-
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--data_dir", required=True)
-    parser.add_argument("--config", default="default")
-    parser.add_argument("--num_workers", type=int, default=None)
-    args = parser.parse_args(argv)
-    start = time.perf_counter()
-    builder = SyntheticScenes(
-        config=args.config, data_dir=args.data_dir, num_workers=args.num_workers
-    )
-    builder.download_and_prepare()
-    print(
-        f"{builder.info.full_name} ready in {builder.data_dir} "
-        f"({time.perf_counter() - start:.1f} s)"
-    )
+    SyntheticScenes.build_command(argv)
 
 
 if __name__ == "__main__":

@@ -28,16 +28,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import io
-import os
 
 import numpy as np
 import tensorflow_datasets as tfds
 
-from common.data import procedural, tfds_compat
+from common.data import build_tools, procedural, tfds_compat
 
 del tfds_compat  # imported for its fix to TFDS (see the module)
-
-SPLITS = ("train", "validation", "test")
 
 
 @dataclasses.dataclass(eq=False)
@@ -76,12 +73,11 @@ class SyntheticVideosConfig(tfds.core.BuilderConfig):
         if self.encoding not in ("png", "jpeg"):
             raise ValueError(f"encoding must be png or jpeg, got {self.encoding!r}")
 
-    def split_sizes(self) -> dict[str, int]:
-        return {"train": self.num_train, "validation": self.num_validation, "test": self.num_test}
-
 
 class SyntheticVideos(
-    tfds.core.GeneratorBasedBuilder, skip_registration=__name__ in ("__main__", "__mp_main__")
+    build_tools.WorkerPoolBuilder,
+    tfds.core.GeneratorBasedBuilder,
+    skip_registration=__name__ in ("__main__", "__mp_main__"),
 ):
     """Clips of moving, occluding objects under a panning camera, with per-frame instance ids."""
 
@@ -100,12 +96,6 @@ class SyntheticVideos(
     ]
     DEFAULT_CONFIG_NAME = "default"
     LOCAL_GENERATION = True
-
-    def __init__(self, *, num_workers: int | None = None, **kwargs):
-        """Builder; `num_workers` processes render clips (default: all cores)."""
-        self._num_workers = (os.cpu_count() or 1) if num_workers is None else num_workers
-        self._pool = None
-        super().__init__(**kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
         config = self.builder_config
@@ -129,22 +119,6 @@ class SyntheticVideos(
             ),
         )
 
-    def _download_and_prepare(self, dl_manager, download_config):
-        with procedural.worker_pool(self._num_workers) as pool:
-            self._pool = pool
-            try:
-                super()._download_and_prepare(dl_manager, download_config)
-            finally:
-                self._pool = None
-
-    def _split_generators(self, dl_manager):
-        del dl_manager  # nothing to download
-        sizes = self.builder_config.split_sizes()
-        return {
-            name: self._generate_examples(split_id=i, num_examples=sizes[name])
-            for i, name in enumerate(SPLITS)
-        }
-
     def _generate_examples(self, split_id: int, num_examples: int):
         config = self.builder_config
         render = functools.partial(
@@ -156,28 +130,14 @@ class SyntheticVideos(
             max_objects=config.max_objects,
             encoding=config.encoding,
         )
-        records = procedural.ordered_map(render, range(num_examples), pool=self._pool, chunksize=8)
+        records = self.render(render, num_examples, chunksize=8)
         for index, record in enumerate(records):
             yield index, {**record, "video": [io.BytesIO(f) for f in record["video"]]}
 
 
 def main(argv=None):
     """Builds a config: `python -m common.data.synthetic_videos --data_dir D --config tiny`."""
-    import argparse
-    import time
-
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--data_dir", required=True)
-    parser.add_argument("--config", default="default")
-    parser.add_argument("--num_workers", type=int, default=None)
-    args = parser.parse_args(argv)
-    start = time.perf_counter()
-    builder = SyntheticVideos(
-        config=args.config, data_dir=args.data_dir, num_workers=args.num_workers
-    )
-    builder.download_and_prepare()
-    elapsed = time.perf_counter() - start
-    print(f"{builder.info.full_name} ready in {builder.data_dir} ({elapsed:.1f} s)")
+    SyntheticVideos.build_command(argv)
 
 
 if __name__ == "__main__":

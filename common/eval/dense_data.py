@@ -32,7 +32,10 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from common.data import geometry, pipeline
+from common.data import examples, geometry, stream
+from common.data.config import resolve_config
+from common.data.iterators import DataIterator
+from common.data.sources import open_source
 
 # TFDS `coco/2017_panoptic` lists the 80 "thing" categories first (COCO's panoptic category
 # file orders them by id: things 1..90, stuff 92..200), so `label < 80` marks a thing.
@@ -171,12 +174,12 @@ def dense_label_batches(
       `segments` int32 `[b, Hc, Wc]` when asked; `mask_hw` int32 `[b, 2]` each mask's size;
       `label` int32 `[b]` (-1 if none); `_valid` bool `[b]`.
     """
-    cfg = pipeline._resolve_config(data_config)
-    b = pipeline._local_batch(batch_size, process_count)
+    cfg = resolve_config(data_config)
+    b = stream.local_batch(batch_size, process_count)
     wanted = list(_WANTED)
     if segments not in (None, "fh") and segments not in wanted:
         wanted.append(segments)
-    source = pipeline._open_source(cfg, split, wanted, process_index, process_count, dataset)
+    source = open_source(cfg, split, wanted, process_index, process_count, dataset)
     feats = source.features
     if "instance_mask" in feats:
         kind, inst_key = "embedded", "instance_mask"
@@ -199,8 +202,8 @@ def dense_label_batches(
 
     def ids_of(ex, key):
         if key == "fh_masks":
-            return pipeline._to_ids(source.decode(key, ex[key])[fh_index])
-        return pipeline._to_ids(source.decode(key, ex[key], channels=1))
+            return examples.to_ids(source.decode(key, ex[key])[fh_index])
+        return examples.to_ids(source.decode(key, ex[key], channels=1))
 
     def fn(pos, ex):
         image = source.decode("image", ex["image"])
@@ -218,18 +221,18 @@ def dense_label_batches(
         if seg_key is not None:
             maps["segments"] = _compact(ids_of(ex, seg_key), max_segments, ex["_key"])
         for name, ids in maps.items():
-            ids = pipeline._check_same_size(ids, hw, ex["_key"], name)
+            ids = examples.check_same_size(ids, hw, ex["_key"], name)
             out[name], out["mask_hw"] = _fit(ids, canvas)
-        out.update(label=pipeline._label(ex), _pos=pos, _valid=True)
+        out.update(label=examples.label_of(ex), _pos=pos, _valid=True)
         return out
 
     ds = tf.data.Dataset.zip(tf.data.Dataset.counter(0), source.dataset)
     ds = ds.map(fn, num_parallel_calls=cfg.num_parallel_calls, deterministic=True)
     pad = tf.nest.map_structure(
-        lambda s: tf.fill(s.shape, pipeline._pad_value(s.dtype)), ds.element_spec
+        lambda s: tf.fill(s.shape, stream.pad_value(s.dtype)), ds.element_spec
     )
     pad["_valid"] = tf.constant(False)
     pad["mask_hw"] = tf.constant(canvas, tf.int32)  # padded rows: an all-ignore full canvas
     num_batches = -(-max(source.slice_sizes) // b)
     ds = ds.concatenate(tf.data.Dataset.from_tensors(pad).repeat()).batch(b).take(num_batches)
-    return pipeline.DataIterator(pipeline._with_options(ds, cfg), position=0)
+    return DataIterator(stream.with_options(ds, cfg), position=0)

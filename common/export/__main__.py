@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 from common import console
 from common.export import FORMATS, run
 
@@ -18,7 +20,7 @@ def main(argv) -> None:
             run(f.format, f.out, config=f.config, workdir=f.workdir, step=f.step,
                 haiku_checkpoint=f.haiku_checkpoint, network=f.network, classifier=f.classifier)
         )  # fmt: skip
-    except (ValueError, FileNotFoundError, ImportError) as e:
+    except (ValueError, FileNotFoundError, ImportError, pickle.UnpicklingError, EOFError) as e:
         raise SystemExit(f"common.export: error: {str(e).splitlines()[0]}") from None
 
 
