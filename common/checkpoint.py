@@ -126,8 +126,6 @@ class Checkpointer:
             f"{type(error).__name__}: {error}; the checkpoints before it are intact "
             f"(latest: step {self.manager.latest_step()})"
         )
-        if jax.process_index() == 0:
-            print(f"checkpoint: step {step} -> {self.directory}/{step}", flush=True)
 
     def save(self, step: int, state: Any, signature: dict[str, Any]) -> None:
         """Saves `state` as `step` (asynchronously; Orbax commits atomically when done).
@@ -148,6 +146,8 @@ class Checkpointer:
             self.manager.save(step, args=ocp.args.Composite(**items), force=True)
         except Exception as e:
             raise self._save_failed(step, e) from e
+        if jax.process_index() == 0:
+            print(f"checkpoint: step {step} -> {self.directory}/{step}", flush=True)
 
     def _restore_item(self, step: int, name: str, args: Any) -> Any:
         return self.manager.restore(step, args=ocp.args.Composite(**{name: args}))[name]
