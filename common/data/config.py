@@ -13,6 +13,8 @@ from typing import Any
 
 import ml_collections
 
+from common.data import void
+
 MASK_SOURCES = ("none", "fh", "gt", "grid")
 EVAL_CROPS = ("center_crop", "resize_full")
 
@@ -59,6 +61,9 @@ def default_data_config() -> ml_collections.ConfigDict:
       discovery_crop_scale: (min, max) area fraction of the discovery crop [DEFAULT (0.5, 1)].
       discovery_image_size: side of `view0` (0: image_size); a larger view gives k-means a finer
         feature grid.
+      void_label: the void id of the dataset's annotated masks (`common.data.void`): `auto`
+        [DEFAULT] (255 in 8-bit masks, PASCAL VOC / DAVIS), an id, or `none`. Void pixels get
+        id -1 in every pipeline (no DetCon sample, no area in the evaluations).
     """
     return ml_collections.ConfigDict(
         {
@@ -91,6 +96,7 @@ def default_data_config() -> ml_collections.ConfigDict:
             "discovery_view": False,
             "discovery_crop_scale": (0.5, 1.0),
             "discovery_image_size": 0,
+            "void_label": void.DEFAULT,
         }
     )
 
@@ -118,6 +124,10 @@ def resolve_config(data_config: Mapping[str, Any] | None) -> types.SimpleNamespa
         raise ValueError(f"data.crop_ratio must satisfy 0 < min <= max, got {c.crop_ratio}")
     if c.eval_crop not in EVAL_CROPS:
         raise ValueError(f"data.eval_crop must be one of {EVAL_CROPS}, got {c.eval_crop!r}")
+    try:
+        c.void_label = void.check_setting(c.void_label)
+    except ValueError as e:
+        raise ValueError(f"data.{e}") from None
     if not 0 <= c.min_offset <= c.max_offset:
         raise ValueError(
             f"need 0 <= data.min_offset <= data.max_offset, got {c.min_offset}, {c.max_offset}"

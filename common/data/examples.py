@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 
 import tensorflow as tf
 
-from common.data import geometry
+from common.data import geometry, void
 from common.data.sources import Source
 
 
@@ -40,6 +40,13 @@ def to_ids(mask: tf.Tensor) -> tf.Tensor:
     if mask.shape.rank == 3:
         mask = mask[..., 0]
     return tf.cast(mask, tf.int32)
+
+
+def annotated_ids(mask: tf.Tensor, cfg: types.SimpleNamespace) -> tf.Tensor:
+    """An annotated mask (uint8/uint16 `[H, W]` or `[H, W, 1]`, as stored) -> int32 `[H, W]`
+    with its void pixels (`cfg.void_label`, see `common.data.void`) -1, the no-id value DetCon's
+    sampling never picks."""
+    return void.to_ignore_tf(mask, cfg.void_label)
 
 
 def label_of(ex: Mapping[str, tf.Tensor]) -> tf.Tensor:
@@ -118,7 +125,7 @@ def image_ids(
     if cfg.mask_source == "fh":
         ids = to_ids(source.decode("fh_masks", ex["fh_masks"])[cfg.fh_index])
     else:
-        ids = to_ids(source.decode("instance_mask", ex["instance_mask"], channels=1))
+        ids = annotated_ids(source.decode("instance_mask", ex["instance_mask"], channels=1), cfg)
     return check_same_size(ids, hw, ex["_key"], f"{cfg.mask_source} mask")
 
 

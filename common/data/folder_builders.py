@@ -1,4 +1,5 @@
-"""TFDS builders for a folder of images (`folder_images`) and a folder of videos (`folder_videos`).
+"""TFDS builders for a folder of images (`folder_images`), a folder of videos (`folder_videos`),
+and a folder of images with COCO-format instance annotations (`coco_folder`).
 
 Layout (both builders)::
 
@@ -37,6 +38,21 @@ Use::
 
   python -m common.data.folder_builders images --root_dir /data/photos --data_dir D --name photos
   python -m common.data.folder_builders videos --root_dir /data/clips --data_dir D --fps 5
+  python -m common.data.folder_builders coco --images train=/data/imgs/train \\
+      --annotations train=/data/train.json --images val=/data/imgs/val \\
+      --annotations val=/data/val.json --data_dir D --name mine
+
+COCO (`coco_folder`): what labelme, CVAT or Label Studio export: per split a folder of images
+and an instances JSON (`images`, `annotations` with polygon or RLE `segmentation`, `iscrowd`,
+`categories`), decoded with pycocotools (the reference implementation; the `coco` extra).
+Every image listed in the JSON is stored (images of the folder that the JSON does not list are
+not) with `instance_mask` and `class_mask` (see `coco_masks`): `iscrowd` regions are void (255,
+`common.data.void`), categories give the classes, so object discovery (ABO^i and ABO^c), the
+segmentation probe, DetCon's `mask_source=gt` and FH generation all read it. Errors name the
+file and record: an unreadable JSON, an annotation naming a missing image id or a category
+not in `categories`, an image file that is missing or whose size differs from the JSON, a
+polygon vertex more than `COCO_POLYGON_TOLERANCE` px outside the image, an RLE of another size,
+different categories in two splits.
 """
 
 from __future__ import annotations
@@ -257,6 +273,17 @@ def _open_image(path: str):
     return image
 
 
+def _image_bytes(image, path: str) -> bytes:
+    """What to store for a decoded image: the file's own bytes when TensorFlow reads them as
+    8-bit (`_KEEP_AS_IS`), else the pixels as RGB PNG."""
+    if (image.format, image.mode) in _KEEP_AS_IS:
+        with open(path, "rb") as f:
+            return f.read()
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 # Run as a script, this file is also imported under its package name by `main` (TFDS reads the
 # builder's package files), so only that copy registers the dataset names.
 _SKIP_REGISTRATION = __name__ in ("__main__", "__mp_main__")
@@ -316,14 +343,7 @@ class FolderImages(_FolderBuilder, skip_registration=_SKIP_REGISTRATION):
         from PIL import Image
 
         image = _open_image(path)
-        if (image.format, image.mode) in _KEEP_AS_IS:
-            with open(path, "rb") as f:
-                encoded = f.read()
-        else:
-            buffer = io.BytesIO()
-            image.convert("RGB").save(buffer, format="PNG")
-            encoded = buffer.getvalue()
-        example = {"image": io.BytesIO(encoded)}
+        example = {"image": io.BytesIO(_image_bytes(image, path))}
         if self.has_masks_cached:
             mask_path = path[: -len(os.path.splitext(path)[1])] + MASK_SUFFIX
             mask = _open_image(mask_path)
@@ -544,31 +564,384 @@ class FolderVideos(_FolderBuilder, skip_registration=_SKIP_REGISTRATION):
 
 
 # ---------------------------------------------------------------------------------------------
+# COCO-format annotations (labelme, CVAT, Label Studio exports).
+# ---------------------------------------------------------------------------------------------
+
+COCO_VOID = 255  # the void id of the stored masks (`common.data.void`'s 8-bit default)
+COCO_MAX_INSTANCES = COCO_VOID - 1  # instance ids 1..254 fit an 8-bit mask beside the void
+# Polygon vertices may lie this far outside the image rectangle [0, W] x [0, H]: annotation
+# tools snap to pixel centres or edges and round, so a vertex a fraction of a pixel out is
+# common and harmless; anything further is a wrong image or wrong coordinates.
+COCO_POLYGON_TOLERANCE = 1.0
+
+
+class CocoAnnotationError(ValueError):
+    """A COCO annotation file is unreadable or inconsistent (the message names file and record)."""
+
+
+@dataclasses.dataclass(eq=False)
+class CocoFolderConfig(tfds.core.BuilderConfig):
+    """Config of `coco_folder`.
+
+    Attributes:
+      images: split name -> folder of the images (the annotations' `file_name`s are relative
+        to it).
+      annotations: split name -> COCO instances JSON (same splits as `images`).
+      skip_corrupt: skip (and count) undecodable images instead of failing.
+    """
+
+    images: dict[str, str] = dataclasses.field(default_factory=dict)
+    annotations: dict[str, str] = dataclasses.field(default_factory=dict)
+    skip_corrupt: bool = False
+
+    def __post_init__(self):
+        if not self.images or not self.annotations:
+            raise ValueError("CocoFolderConfig needs images and annotations (split -> path)")
+        if set(self.images) != set(self.annotations):
+            raise ValueError(
+                f"CocoFolderConfig: splits of images {sorted(self.images)} and annotations "
+                f"{sorted(self.annotations)} differ"
+            )
+        self.images = {k: os.path.abspath(os.path.expanduser(v)) for k, v in self.images.items()}
+        self.annotations = {
+            k: os.path.abspath(os.path.expanduser(v)) for k, v in self.annotations.items()
+        }
+
+
+@dataclasses.dataclass
+class CocoSplit:
+    """One validated annotation file.
+
+    Attributes:
+      path: the JSON file.
+      images: the `images` records, in file order.
+      annotations: image id -> its annotation records, in file order.
+      categories: `(id, name)` sorted by id; class `c` (mask value `c + 1`) is the c-th.
+    """
+
+    path: str
+    images: list[dict]
+    annotations: dict[int, list[dict]]
+    categories: list[tuple[int, str]]
+
+
+def _need(record: dict, keys: Sequence[str], what: str, path: str) -> None:
+    missing = [k for k in keys if k not in record]
+    if missing:
+        raise CocoAnnotationError(f"{path}: {what} lacks {missing}: {str(record)[:200]}")
+
+
+def read_coco_annotations(path: str) -> CocoSplit:
+    """Reads and checks a COCO instances file (not the segmentations' pixels: `coco_masks`).
+
+    Raises:
+      CocoAnnotationError: naming the file and the record for an unreadable file, missing keys,
+        duplicate ids, an annotation naming an image or category that is not listed.
+    """
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CocoAnnotationError(f"cannot read COCO annotations {path}: {e}") from e
+    if not isinstance(data, dict):
+        raise CocoAnnotationError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    _need(data, ("images", "annotations", "categories"), "the file", path)
+    categories = {}
+    for c in data["categories"]:
+        _need(c, ("id", "name"), "category", path)
+        if c["id"] in categories:
+            raise CocoAnnotationError(f"{path}: category id {c['id']} is listed twice")
+        categories[c["id"]] = str(c["name"])
+    if len(categories) > COCO_VOID - 1:
+        raise CocoAnnotationError(
+            f"{path}: {len(categories)} categories; 8-bit class masks hold at most {COCO_VOID - 1}"
+        )
+    images, ids = [], set()
+    for im in data["images"]:
+        _need(im, ("id", "file_name", "height", "width"), "image", path)
+        if im["id"] in ids:
+            raise CocoAnnotationError(f"{path}: image id {im['id']} is listed twice")
+        ids.add(im["id"])
+        images.append(im)
+    by_image: dict[int, list[dict]] = {}
+    for a in data["annotations"]:
+        _need(a, ("id", "image_id", "category_id", "segmentation"), "annotation", path)
+        if a["image_id"] not in ids:
+            raise CocoAnnotationError(
+                f"{path}: annotation {a['id']} names image id {a['image_id']}, which is not in "
+                f"`images`"
+            )
+        if a["category_id"] not in categories:
+            raise CocoAnnotationError(
+                f"{path}: annotation {a['id']} has category_id {a['category_id']}, which is not "
+                f"in `categories` (ids {sorted(categories)})"
+            )
+        by_image.setdefault(a["image_id"], []).append(a)
+    return CocoSplit(path, images, by_image, sorted(categories.items()))
+
+
+def _annotation_mask(ann: dict, height: int, width: int, where: str) -> np.ndarray:
+    """bool `[H, W]` of one annotation's segmentation (polygons or RLE), by pycocotools."""
+    from pycocotools import mask as mask_utils
+
+    segm = ann["segmentation"]
+    try:
+        if isinstance(segm, list):  # polygons: [[x0, y0, x1, y1, ...], ...]
+            for poly in segm:
+                xy = np.asarray(poly, np.float64).reshape(-1)
+                if xy.size < 6 or xy.size % 2:
+                    raise CocoAnnotationError(
+                        f"{where}: a polygon needs >= 3 (x, y) pairs, got {xy.size} numbers"
+                    )
+                x, y = xy[0::2], xy[1::2]
+                tol = COCO_POLYGON_TOLERANCE
+                outside = (x < -tol) | (x > width + tol) | (y < -tol) | (y > height + tol)
+                if outside.any():
+                    k = int(np.flatnonzero(outside)[0])
+                    raise CocoAnnotationError(
+                        f"{where}: polygon vertex ({x[k]:g}, {y[k]:g}) lies outside the "
+                        f"{width}x{height} (width x height) image"
+                    )
+            if not segm:
+                return np.zeros((height, width), bool)
+            rle = mask_utils.merge(mask_utils.frPyObjects(segm, height, width))
+        elif isinstance(segm, dict) and "counts" in segm and "size" in segm:
+            if [int(v) for v in segm["size"]] != [height, width]:
+                raise CocoAnnotationError(
+                    f"{where}: RLE size {segm['size']} (height, width) differs from the "
+                    f"image's [{height}, {width}]"
+                )
+            if isinstance(segm["counts"], list):  # uncompressed RLE
+                rle = mask_utils.frPyObjects(segm, height, width)
+            else:  # compressed RLE (str or bytes)
+                rle = segm
+        else:
+            raise CocoAnnotationError(
+                f"{where}: segmentation must be polygons or an RLE, got {str(segm)[:100]}"
+            )
+        return mask_utils.decode(rle).astype(bool)
+    except CocoAnnotationError:
+        raise
+    except (ValueError, TypeError) as e:
+        raise CocoAnnotationError(f"{where}: cannot decode the segmentation: {e}") from e
+
+
+def coco_masks(
+    image: dict, annotations: Sequence[dict], category_index: dict[int, int], path: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """(instance ids, class ids) uint8 `[H, W]` of one image's annotations.
+
+    Crowd annotations (`iscrowd` = 1) are void (`COCO_VOID`) in both masks, as COCO's own
+    evaluation ignores them. Non-crowd annotations become instances `1..n` in file order, with
+    class `category_index[category_id] + 1`; they are painted over the void (a crowd region
+    often contains people annotated one by one) and over each other from the largest to the
+    smallest, so a small object on a large one stays visible (COCO's instance masks overlap;
+    one id per pixel has to choose).
+
+    Raises:
+      CocoAnnotationError: a polygon outside the image, an undecodable segmentation, more than
+        `COCO_MAX_INSTANCES` instances.
+    """
+    h, w = int(image["height"]), int(image["width"])
+    instance = np.zeros((h, w), np.uint8)
+    classes = np.zeros((h, w), np.uint8)
+    objects = []
+    for ann in annotations:
+        where = f"{path}: annotation {ann['id']} (image {image['file_name']})"
+        m = _annotation_mask(ann, h, w, where)
+        if ann.get("iscrowd", 0):
+            instance[m] = COCO_VOID
+            classes[m] = COCO_VOID
+        else:
+            objects.append((m, category_index[ann["category_id"]] + 1))
+    if len(objects) > COCO_MAX_INSTANCES:
+        raise CocoAnnotationError(
+            f"{path}: image {image['file_name']} has {len(objects)} instances; 8-bit instance "
+            f"masks hold at most {COCO_MAX_INSTANCES}"
+        )
+    areas = [int(m.sum()) for m, _ in objects]
+    # Stable sort: equal areas keep file order.
+    for i in sorted(range(len(objects)), key=lambda i: -areas[i]):
+        m, c = objects[i]
+        instance[m] = i + 1
+        classes[m] = c
+    return instance, classes
+
+
+class CocoFolder(tfds.core.GeneratorBasedBuilder, skip_registration=_SKIP_REGISTRATION):
+    """A folder of images with COCO instance annotations as TFDS (instance and class masks).
+
+    Features: `image`, `image/filename`, `image/id` (the COCO id), `instance_mask` and
+    `class_mask` (Image (H, W, 1) uint8 PNG): 0 background, instances `1..n` / classes `c + 1`
+    (c: index of the category in id order, names in `metadata['categories']`), 255 void
+    (`iscrowd` regions; `common.data.void`'s 8-bit default, so every reader ignores them).
+    """
+
+    name = "coco_folder"
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "First version."}
+    LOCAL_GENERATION = True
+
+    def __init__(self, **kwargs):
+        self._splits: dict[str, CocoSplit] = {}
+        self._skips = _SkipCounter()
+        super().__init__(**kwargs)
+
+    def coco_split(self, split: str) -> CocoSplit:
+        if split not in self._splits:
+            self._splits[split] = read_coco_annotations(self.builder_config.annotations[split])
+        return self._splits[split]
+
+    @property
+    def categories(self) -> list[tuple[int, str]]:
+        """The categories, the same in every split's file (else an error naming both files)."""
+        splits = sorted(self.builder_config.annotations)
+        first = self.coco_split(splits[0])
+        for split in splits[1:]:
+            other = self.coco_split(split)
+            if other.categories != first.categories:
+                raise CocoAnnotationError(
+                    f"the categories of {other.path} differ from those of {first.path}; class "
+                    "ids must mean the same in every split"
+                )
+        return first.categories
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        config = self.builder_config
+        features = {
+            "image": tfds.features.Image(shape=(None, None, 3)),
+            "image/filename": tfds.features.Text(),
+            "image/id": tfds.features.Scalar(dtype=np.int64),
+            "instance_mask": tfds.features.Image(shape=(None, None, 1), encoding_format="png"),
+            "class_mask": tfds.features.Image(shape=(None, None, 1), encoding_format="png"),
+        }
+        categories = [
+            {"id": int(i), "name": n, "class_mask_value": k + 1}
+            for k, (i, n) in enumerate(self.categories)
+        ]
+        return self.dataset_info_from_configs(
+            description="Images with COCO-format instance annotations.",
+            features=tfds.features.FeaturesDict(features),
+            metadata=tfds.core.MetadataDict(
+                images=dict(config.images),
+                annotations=dict(config.annotations),
+                categories=categories,
+                num_classes=len(categories),
+                void_label=COCO_VOID,
+            ),
+        )
+
+    def _split_generators(self, dl_manager):
+        del dl_manager  # nothing to download
+        return {split: self._generate_examples(split) for split in self.builder_config.images}
+
+    def _generate_examples(self, split: str):
+        from PIL import Image
+
+        coco = self.coco_split(split)
+        category_index = {cid: k for k, (cid, _) in enumerate(self.categories)}
+        root = self.builder_config.images[split]
+        for record in coco.images:
+            path = os.path.join(root, record["file_name"])
+            if not os.path.isfile(path):
+                raise CocoAnnotationError(
+                    f"{coco.path}: image {record['id']} names {record['file_name']}, but "
+                    f"{path} does not exist"
+                )
+            try:
+                image = _open_image(path)
+            except CorruptFileError as e:
+                if not self.builder_config.skip_corrupt:
+                    raise
+                self._skips.add(split, path, e)
+                continue
+            if (image.width, image.height) != (record["width"], record["height"]):
+                raise CocoAnnotationError(
+                    f"{coco.path}: image {record['id']} is {record['width']}x{record['height']} "
+                    f"(width x height) in the annotations but {path} is "
+                    f"{image.width}x{image.height}"
+                )
+            instance, classes = coco_masks(
+                record, coco.annotations.get(record["id"], []), category_index, coco.path
+            )
+            masks = {}
+            for key, ids in (("instance_mask", instance), ("class_mask", classes)):
+                out = io.BytesIO()
+                Image.fromarray(ids, mode="L").save(out, format="PNG")
+                masks[key] = io.BytesIO(out.getvalue())
+            yield (
+                record["file_name"],
+                {
+                    "image": io.BytesIO(_image_bytes(image, path)),
+                    "image/filename": record["file_name"],
+                    "image/id": int(record["id"]),
+                    **masks,
+                },
+            )
+        self._skips.write(self.info.metadata)
+
+
+# ---------------------------------------------------------------------------------------------
 # Command line.
 # ---------------------------------------------------------------------------------------------
 
 
+def _split_paths(values: Sequence[str] | None, flag: str) -> dict[str, str]:
+    """`[PATH]` or `[SPLIT=PATH, ...]` -> {split: path} (a bare path is the `train` split)."""
+    out: dict[str, str] = {}
+    for value in values or []:
+        split, sep, path = value.partition("=")
+        split, path = (split, path) if sep else ("train", value)
+        split = SPLIT_DIRS.get(split, split)
+        if split in out:
+            raise ValueError(f"{flag}: split {split!r} given twice")
+        out[split] = path
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    """`python -m common.data.folder_builders {images,videos} --root_dir R --data_dir D ...`."""
+    """`python -m common.data.folder_builders {images,videos} --root_dir R --data_dir D ...` or
+    `... coco --images [SPLIT=]DIR --annotations [SPLIT=]FILE --data_dir D ...`."""
     import argparse
 
     parser = argparse.ArgumentParser(description="Build a TFDS dataset from a folder.")
-    parser.add_argument("kind", choices=["images", "videos"])
-    parser.add_argument("--root_dir", required=True)
+    parser.add_argument("kind", choices=["images", "videos", "coco"])
+    parser.add_argument("--root_dir", default=None, help="images, videos: the folder")
     parser.add_argument("--data_dir", required=True)
     parser.add_argument("--name", default=None, help="config name (default: folder name)")
     parser.add_argument("--skip_corrupt", action="store_true")
     parser.add_argument("--fps", type=float, default=None)
     parser.add_argument("--max_frames", type=int, default=None)
     parser.add_argument("--resize", default=None, help="SHORT_SIDE or HEIGHTxWIDTH")
+    parser.add_argument(
+        "--images", action="append", help="coco: [SPLIT=]DIR of the images (repeat per split)"
+    )
+    parser.add_argument(
+        "--annotations", action="append", help="coco: [SPLIT=]instances JSON (repeat per split)"
+    )
     args = parser.parse_args(argv)
-    name = args.name or _default_config_name(args.root_dir)
-    if args.kind == "images":
+    if args.kind == "coco":
+        images = _split_paths(args.images, "--images")
+        annotations = _split_paths(args.annotations, "--annotations")
+        if not images or not annotations:
+            parser.error("coco needs --images and --annotations")
+        name = args.name or _default_config_name(images.get("train", next(iter(images.values()))))
+        config = CocoFolderConfig(
+            name=name, images=images, annotations=annotations, skip_corrupt=args.skip_corrupt
+        )
+        builder = CocoFolder(config=config, data_dir=args.data_dir)
+    elif not args.root_dir:
+        parser.error(f"{args.kind} needs --root_dir")
+    elif args.kind == "images":
+        name = args.name or _default_config_name(args.root_dir)
         config = ImageFolderConfig(
             name=name, root_dir=args.root_dir, skip_corrupt=args.skip_corrupt
         )
         builder = FolderImages(config=config, data_dir=args.data_dir)
     else:
+        name = args.name or _default_config_name(args.root_dir)
         resize = None
         if args.resize:
             resize = (

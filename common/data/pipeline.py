@@ -167,11 +167,10 @@ def video_pair_dataset(
         hw = tf.shape(frames[0])[:2]
         if cfg.mask_source == "gt":
             masks = source.decode(mask_key, ex[mask_key])
+            ids = [examples.annotated_ids(masks[t], cfg) for t in (t1, t2)]  # void: -1
             ids = [
-                examples.check_same_size(examples.to_ids(masks[t1]), hw, ex["_key"], "frame mask"),
-                examples.check_same_size(
-                    examples.to_ids(masks[t2]), tf.shape(frames[1])[:2], ex["_key"], "frame mask"
-                ),
+                examples.check_same_size(ids[0], hw, ex["_key"], "frame mask"),
+                examples.check_same_size(ids[1], tf.shape(frames[1])[:2], ex["_key"], "frame mask"),
             ]
         elif cfg.mask_source == "grid":
             ids = [geometry.grid_ids(hw[0], hw[1], cfg.grid_size)] * 2
@@ -214,9 +213,9 @@ def make_eval_iterator(
 
     Returns:
       A `DataIterator` of dicts: `image` float32 `[b, S, S, 3]` in [0, 1]; `instance_mask`,
-      `class_mask` int32 `[b, S, S]` (when the dataset has them; -1 in padding); `labels` bool
-      `[b, C]` (when present); `label` int32 `[b]` (-1 if absent or padding); `index` int64
-      `[b]` (position in the split, -1 in padding); `_valid` bool `[b]`.
+      `class_mask` int32 `[b, S, S]` (when the dataset has them; -1 in padding and void);
+      `labels` bool `[b, C]` (when present); `label` int32 `[b]` (-1 if absent or padding);
+      `index` int64 `[b]` (position in the split, -1 in padding); `_valid` bool `[b]`.
     """
     cfg = resolve_config(data_config)
     b = stream.local_batch(batch_size, process_count)
@@ -237,7 +236,7 @@ def make_eval_iterator(
         no_flip = tf.constant(False)
         out = {"image": geometry.crop_resize_image(image, window, no_flip, size)}
         for k in masks:
-            ids = examples.to_ids(source.decode(k, ex[k], channels=1))
+            ids = examples.annotated_ids(source.decode(k, ex[k], channels=1), cfg)
             ids = examples.check_same_size(ids, hw, ex["_key"], k)
             out[k] = geometry.crop_resize_ids(ids, window, no_flip, size)
         if "labels" in ex:

@@ -10,7 +10,8 @@ longer side exceeds `max_mask_size` is resized (nearest) to fit, keeping its asp
 images are at most 640 px, so the default keeps them exact).
 
 Sources (by the features the dataset has):
-* `instance_mask` / `class_mask` (the embedded `synthetic_scenes`): 0 background, ids/classes+1.
+* `instance_mask` / `class_mask` (the embedded `synthetic_scenes`, `coco_folder`): 0 background,
+  ids/classes+1.
 * `mask` (`folder_images` with `name_mask.png` files): instance ids, 0 background; no classes.
 * `panoptic_image` + `panoptic_objects` (TFDS `coco/2017_panoptic`): see `panoptic_masks`.
   TFDS `coco/2017` carries boxes only (no masks), so COCO object discovery needs the panoptic
@@ -19,6 +20,11 @@ Sources (by the features the dataset has):
 * `segments`: an id map to score instead of k-means: `fh` (channel `fh_index` of the stored
   `fh_masks`) or any dataset feature holding ids (e.g. `instance_mask`); compacted per image to
   `0..n-1` (n <= `max_segments`).
+
+Void (`common.data.void`): in the annotated masks above (not in `segments`), pixels equal to
+the data config's `void_label` (default `auto`: 255 in 8-bit masks) become -1, the same
+"ignore" value as the padding, so they count in no area of ABO / OR, are no instance, and are
+left out of the segmentation probe's loss and confusion matrix.
 
 Like `make_eval_iterator`, every process yields `ceil(max_p N_p / b)` batches, the last ones
 padded with `_valid = False` rows, so the batches can become global arrays on any number of hosts.
@@ -169,7 +175,7 @@ def dense_label_batches(
 
     Yields:
       dicts of numpy arrays (b rows): `image` float32 `[b, S, S, 3]` in [0, 1];
-      `instance_mask` int32 `[b, Hc, Wc]` (0 background, -1 ignore/padding, 1.. objects);
+      `instance_mask` int32 `[b, Hc, Wc]` (0 background, -1 void/crowd/padding, 1.. objects);
       `class_mask` int32 `[b, Hc, Wc]` when the dataset has classes (0 background, c + 1);
       `segments` int32 `[b, Hc, Wc]` when asked; `mask_hw` int32 `[b, 2]` each mask's size;
       `label` int32 `[b]` (-1 if none); `_valid` bool `[b]`.
@@ -205,6 +211,10 @@ def dense_label_batches(
             return examples.to_ids(source.decode(key, ex[key])[fh_index])
         return examples.to_ids(source.decode(key, ex[key], channels=1))
 
+    def annotated_ids(ex, key):
+        """An annotated mask with its void pixels -1 (the void id follows the stored dtype)."""
+        return examples.annotated_ids(source.decode(key, ex[key], channels=1), cfg)
+
     def fn(pos, ex):
         image = source.decode("image", ex["image"])
         hw = tf.shape(image)[:2]
@@ -215,9 +225,9 @@ def dense_label_batches(
             inst, cls = panoptic_masks(pan, ex["panoptic_objects"], num_thing_classes)
             maps = {"instance_mask": inst, "class_mask": cls}
         else:
-            maps = {"instance_mask": ids_of(ex, inst_key)}
+            maps = {"instance_mask": annotated_ids(ex, inst_key)}
             if has_classes:
-                maps["class_mask"] = ids_of(ex, "class_mask")
+                maps["class_mask"] = annotated_ids(ex, "class_mask")
         if seg_key is not None:
             maps["segments"] = _compact(ids_of(ex, seg_key), max_segments, ex["_key"])
         for name, ids in maps.items():

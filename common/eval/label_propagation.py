@@ -13,10 +13,22 @@ J&F, docs/METHODS.md §7.6, its exact settings unverified):
   cell's labels are the weighted mean of those neighbours' labels;
 * the labels are upsampled (bilinear) to the masks' resolution and the arg-max is the predicted
   segmentation.
-Scores (DAVIS `davis2017-evaluation`): for each object of the first frame, J = region IoU and
-F = boundary F-measure (boundaries matched within `0.008 x image diagonal` pixels), each a mean
-over frames 1..T-1; `J_mean`, `F_mean` are means over all objects of all clips, `JF_mean` their
-mean. Empty prediction and empty ground truth score 1 (DAVIS convention).
+Scores: J and F exactly as the DAVIS 2017 benchmark code (`davis2017-evaluation`,
+`davis2017/metrics.py`: `db_eval_iou`, `f_measure` with `seg2bmap`) defines them, written anew
+here: for each object of the first frame, J = region IoU and F = boundary F-measure (one-pixel
+boundaries of `seg2bmap`, matched within a disk of radius `ceil(0.008 x image diagonal)`),
+void pixels excluded from both; each a mean over frames 1..T-2 (`frames='davis'`: the
+semi-supervised evaluation leaves out the given first frame *and* the last one); `J_mean`,
+`F_mean` are means over all objects of all clips, `JF_mean` their mean. Empty prediction and
+empty ground truth score 1 (DAVIS convention).
+
+Void (`common.data.void`, option `void_label`, default `auto`: 255 in 8-bit masks, DAVIS's
+void): void pixels of the first frame carry no label, and in every scored frame they are left
+out of J's intersection and union and erased from both masks before F's boundaries, as
+`metrics.py`'s `void_pixels` does. (The benchmark's driver, `evaluation.py`, builds its void
+mask from the per-object boolean masks after its reader has already set 255 to background, so
+in the released code the mask it passes is empty and void counts as background; the option
+`void_in_scores=background` reproduces that reading.)
 
 Datasets: the embedded `synthetic_videos` (default; `video` + `instance_masks`, ids constant over
 a clip), or TFDS `davis` (`dataset=davis/480p`, `video_key=video/frames`,
@@ -38,6 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import ndimage
 
+from common.data import void
 from common.eval import Evaluator, register_evaluator
 from common.eval.features import extract_dense, network_variables
 
@@ -46,17 +59,21 @@ from common.eval.features import extract_dense, network_variables
 
 
 def first_frame_labels(mask: np.ndarray, grid_hw: tuple[int, int], num_labels: int) -> jax.Array:
-    """One-hot ids of `mask [H, W]` (ids >= num_labels count as background) averaged over each
-    feature cell's pixels (pixel (y, x) belongs to cell (y * h // H, x * w // W), the area
-    average when the grid divides the mask): `[h*w, num_labels]` float32, rows summing to 1."""
+    """One-hot ids of `mask [H, W]` (ids >= num_labels count as background; negative ids are
+    void and carry no label) averaged over each feature cell's labelled pixels (pixel (y, x)
+    belongs to cell (y * h // H, x * w // W), the area average when the grid divides the mask):
+    `[h*w, num_labels]` float32, rows summing to 1. A cell of void pixels only is background,
+    as DAVIS's reader turns void into background."""
     mask = np.asarray(mask)
-    ids = np.where(mask < num_labels, mask, 0).astype(np.int64)
+    labelled = mask >= 0
+    ids = np.where(mask < num_labels, np.maximum(mask, 0), 0).astype(np.int64)
     big_h, big_w = ids.shape
     h, w = grid_hw
     cell = (np.arange(big_h)[:, None] * h // big_h) * w + np.arange(big_w)[None] * w // big_w
     counts = np.zeros((h * w, num_labels), np.float64)
-    np.add.at(counts, (cell.ravel(), ids.ravel()), 1.0)
-    counts /= np.maximum(counts.sum(-1, keepdims=True), 1.0)
+    np.add.at(counts, (cell[labelled], ids[labelled]), 1.0)
+    counts[counts.sum(-1) == 0, 0] = 1.0
+    counts /= counts.sum(-1, keepdims=True)
     return jnp.asarray(counts, jnp.float32)
 
 
@@ -165,64 +182,120 @@ def labels_to_segmentation(
 
 
 # ---------------------------------------------------------------------------------------------
-# DAVIS measures.
+# DAVIS measures (davis2017-evaluation's `davis2017/metrics.py`, re-implemented).
+
+FRAME_RANGES = ("davis", "all_but_first")
 
 
-def region_similarity(pred: np.ndarray, gt: np.ndarray) -> float:
-    """J: IoU of two bool masks `[H, W]`; 1 when both are empty."""
-    union = np.logical_or(pred, gt).sum()
+def region_similarity(pred: np.ndarray, gt: np.ndarray, void: np.ndarray | None = None) -> float:
+    """J (DAVIS `db_eval_iou`): IoU of two bool masks `[H, W]` over the pixels that are not
+    `void` (bool `[H, W]`, None: none); 1 when that union is empty."""
+    pred, gt = pred.astype(bool), gt.astype(bool)
+    keep = np.ones_like(gt) if void is None else ~void.astype(bool)
+    union = np.count_nonzero((pred | gt) & keep)
     if union == 0:
         return 1.0
-    return float(np.logical_and(pred, gt).sum() / union)
+    return float(np.count_nonzero(pred & gt & keep) / union)
 
 
 def boundary_map(mask: np.ndarray) -> np.ndarray:
-    """bool `[H, W]`: foreground pixels with a 4-neighbour in the background (the image border
-    is not a boundary)."""
-    mask = mask.astype(bool)
-    padded = np.pad(mask, 1, mode="edge")
-    eroded = ndimage.binary_erosion(padded, structure=ndimage.generate_binary_structure(2, 1))
-    return mask & ~eroded[1:-1, 1:-1]
+    """DAVIS `seg2bmap` (D. Martin's, 1-pixel wide, offset half a pixel towards the origin):
+    bool `[H, W]`, pixel `(y, x)` is a boundary when the mask differs between it and its right,
+    lower or lower-right neighbour. Neighbours outside the image do not count (the image border
+    is no boundary), so the last row compares right only, the last column down only, and the
+    bottom-right pixel is never a boundary. A boundary pixel may be a background pixel (the one
+    above or left of the object's edge)."""
+    seg = mask.astype(bool)
+    b = np.zeros_like(seg)
+    b[:, :-1] |= seg[:, :-1] != seg[:, 1:]
+    b[:-1, :] |= seg[:-1, :] != seg[1:, :]
+    b[:-1, :-1] |= seg[:-1, :-1] != seg[1:, 1:]
+    return b
+
+
+def boundary_tolerance(hw: tuple[int, int], bound_th: float = 0.008) -> int:
+    """DAVIS's match radius in pixels: `ceil(bound_th * diagonal)`, or `bound_th` itself when it
+    is >= 1 (a pixel count)."""
+    if bound_th >= 1:
+        return int(bound_th)
+    return int(math.ceil(bound_th * math.hypot(hw[0], hw[1])))
 
 
 def _disk(radius: int) -> np.ndarray:
+    """bool `[2r+1, 2r+1]`: `x^2 + y^2 <= r^2` (`skimage.morphology.disk`, DAVIS's element)."""
     y, x = np.mgrid[-radius : radius + 1, -radius : radius + 1]
     return x * x + y * y <= radius * radius
 
 
-def boundary_f_measure(pred: np.ndarray, gt: np.ndarray, bound_th: float = 0.008) -> float:
-    """F: boundary F-measure of two bool masks `[H, W]` (DAVIS `f_measure`).
+def boundary_f_measure(
+    pred: np.ndarray, gt: np.ndarray, bound_th: float = 0.008, void: np.ndarray | None = None
+) -> float:
+    """F (DAVIS `f_measure`): boundary F-measure of two bool masks `[H, W]`.
 
-    Boundary pixels match if within `ceil(bound_th * diagonal)` pixels (`bound_th >= 1`: that
-    many pixels) of the other boundary. Both empty: 1; exactly one empty: 0.
+    Void pixels (bool `[H, W]`) are removed from both masks first (set to background), then
+    each mask's `boundary_map` is taken; a boundary pixel matches when a boundary pixel of the
+    other map lies within the disk of radius `boundary_tolerance`. Precision = matched predicted
+    boundary / predicted boundary, recall = matched true boundary / true boundary,
+    F = 2PR / (P + R). Both boundaries empty: 1; exactly one empty: 0 (P or R is 0).
     """
-    h, w = gt.shape
-    r = int(bound_th if bound_th >= 1 else math.ceil(bound_th * math.hypot(h, w)))
-    pb, gb = boundary_map(pred), boundary_map(gt)
-    n_p, n_g = pb.sum(), gb.sum()
+    keep = np.ones(gt.shape, bool) if void is None else ~void.astype(bool)
+    pb = boundary_map(pred.astype(bool) & keep)
+    gb = boundary_map(gt.astype(bool) & keep)
+    n_p, n_g = np.count_nonzero(pb), np.count_nonzero(gb)
     if n_p == 0 and n_g == 0:
         return 1.0
     if n_p == 0 or n_g == 0:
         return 0.0
-    disk = _disk(max(r, 0))
+    disk = _disk(boundary_tolerance(gt.shape, bound_th))
+    # Zero outside the image, as OpenCV's dilate (DAVIS's) with its default border.
     g_dil = ndimage.binary_dilation(gb, structure=disk)
     p_dil = ndimage.binary_dilation(pb, structure=disk)
-    precision = (pb & g_dil).sum() / n_p
-    recall = (gb & p_dil).sum() / n_g
+    precision = np.count_nonzero(pb & g_dil) / n_p
+    recall = np.count_nonzero(gb & p_dil) / n_g
     if precision + recall == 0:
         return 0.0
     return float(2 * precision * recall / (precision + recall))
 
 
+def scored_frames(num_frames: int, frames: str = "davis") -> range:
+    """The frames J and F average over. `davis`: 1..T-2, DAVIS 2017's semi-supervised
+    evaluation, which leaves out the given first frame and the last one (`[1:-1]`);
+    `all_but_first`: 1..T-1.
+
+    Raises:
+      ValueError: for another `frames`, or a clip with no frame to score.
+    """
+    if frames not in FRAME_RANGES:
+        raise ValueError(f"label_propagation: frames must be one of {FRAME_RANGES}, got {frames!r}")
+    stop = num_frames - 1 if frames == "davis" else num_frames
+    if stop <= 1:
+        raise ValueError(
+            f"label_propagation: a clip of {num_frames} frames has no frame to score with "
+            f"frames={frames!r} (DAVIS's range 1..T-2 needs T >= 3)"
+        )
+    return range(1, stop)
+
+
 def clip_scores(
-    pred: np.ndarray, gt: np.ndarray, objects, bound_th: float = 0.008
+    pred: np.ndarray,
+    gt: np.ndarray,
+    objects,
+    bound_th: float = 0.008,
+    *,
+    frames: str = "davis",
 ) -> list[tuple[float, float]]:
-    """Per object `(J, F)`, each the mean over frames 1..T-1 of `pred`/`gt` int `[T, H, W]`."""
+    """Per object `(J, F)`, each the mean over `scored_frames` of `pred` int `[T, H, W]` against
+    `gt` int `[T, H, W]`, whose negative pixels are void (`common.data.void`: excluded from J
+    and F as DAVIS's `void_pixels`)."""
     scores = []
+    rng = scored_frames(len(gt), frames)
     for obj in objects:
-        js = [region_similarity(pred[t] == obj, gt[t] == obj) for t in range(1, len(gt))]
-        fs = [boundary_f_measure(pred[t] == obj, gt[t] == obj, bound_th) for t in range(1, len(gt))]
-        scores.append((float(np.mean(js)) if js else 1.0, float(np.mean(fs)) if fs else 1.0))
+        js, fs = [], []
+        for t in rng:
+            void = gt[t] < 0
+            js.append(region_similarity(pred[t] == obj, gt[t] == obj, void))
+            fs.append(boundary_f_measure(pred[t] == obj, gt[t] == obj, bound_th, void))
+        scores.append((float(np.mean(js)), float(np.mean(fs))))
     return scores
 
 
@@ -278,16 +351,20 @@ class LabelPropagationEvaluator(Evaluator):
         "radius": 12,  # neighbourhood in feature cells (DINO: 12); 0: no limit
         "upsample": "bilinear",  # labels to the mask resolution: bilinear (DINO) or nearest
         "bound_th": 0.008,  # F's boundary tolerance, fraction of the diagonal (DAVIS)
+        "frames": "davis",  # scored frames: davis (1..T-2) | all_but_first (1..T-1)
+        "void_label": "auto",  # common.data.void: auto (255 in 8-bit masks) | none | an id
+        "void_in_scores": "exclude",  # exclude (metrics.py's void_pixels) | background
     }
 
     def clips(self):
-        """(frames uint8 `[T,H,W,3]`, masks int `[T,H,W]`) of the evaluated clips."""
+        """(frames uint8 `[T,H,W,3]`, masks int32 `[T,H,W]`, void -1) of the evaluated clips."""
         import ml_collections
         import tensorflow_datasets as tfds
 
         from common.data import loading
 
         o = self.options
+        void_label = void.check_setting(o.void_label)
         data = ml_collections.ConfigDict(
             {
                 "name": o.dataset,
@@ -311,7 +388,7 @@ class LabelPropagationEvaluator(Evaluator):
                 raise ValueError(
                     f"label_propagation: frames {frames.shape} and masks {masks.shape} differ"
                 )
-            yield frames, masks.astype(np.int32)
+            yield frames, void.to_ignore(masks, void.resolve(void_label, masks.dtype))
 
     def dense_features(self, setup, state, frames: np.ndarray) -> np.ndarray:
         """Frozen `layer` features `[T, h, w, C]` of frames in [0, 1]."""
@@ -332,10 +409,16 @@ class LabelPropagationEvaluator(Evaluator):
     def run(self, setup, state, *, mesh) -> dict[str, float]:
         del mesh
         o = self.options
+        if o.void_in_scores not in ("exclude", "background"):
+            raise ValueError(
+                "label_propagation: void_in_scores must be exclude or background, got "
+                f"{o.void_in_scores!r}"
+            )
         scores = []
         num_clips = 0
         for frames, masks in self.clips():
             num_clips += 1
+            scored_frames(len(masks), o.frames)  # a clear error before any feature is computed
             objects = [int(i) for i in np.unique(masks[0]) if i > 0]
             if not objects:
                 continue
@@ -348,7 +431,9 @@ class LabelPropagationEvaluator(Evaluator):
                 k=int(o.k), temperature=float(o.temperature), radius=int(o.radius),
             )  # fmt: skip
             pred = labels_to_segmentation(labels, (h, w), masks.shape[1:], o.upsample)
-            scores.extend(clip_scores(pred, masks, objects, float(o.bound_th)))
+            if o.void_in_scores == "background":
+                masks = np.maximum(masks, 0)
+            scores.extend(clip_scores(pred, masks, objects, float(o.bound_th), frames=o.frames))
         if not scores:
             raise ValueError(f"label_propagation: no object in the first frames of {o.dataset}")
         j = float(np.mean([s[0] for s in scores]))

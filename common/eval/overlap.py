@@ -2,13 +2,17 @@
 mask's own resolution, and confusion matrices (mIoU). All jit-able, vectorised over the batch.
 
 Id-map conventions (docs/METHODS.md §6.5, docs/ARCHITECTURE.md):
-* ground truth `gt` int `[B, H, W]`: 0 = background, -1 = ignore (padding, crowd regions),
-  `1..max_id` = objects (instance ids, or `class + 1` for class masks);
+* ground truth `gt` int `[B, H, W]`: 0 = background, -1 = ignore (void, crowd regions,
+  padding), `1..max_id` = objects (instance ids, or `class + 1` for class masks). The readers
+  (`common.eval.dense_data`) turn an annotation's void label (255 in 8-bit masks, see
+  `common.data.void`) into -1 before these functions see it, so a void outline is never an
+  instance here;
 * segments int `[B, H, W]`: `0..K-1` (k-means clusters, FH segments), -1 = no segment.
 
 IoU is computed over the pixels whose ground truth is not ignored (`gt >= 0`): a segment's area
-counts its background and object pixels there, so a cluster that spills over the background
-overlaps an object less. A pixel with no segment (-1) counts in its object's area only.
+counts its background and object pixels there and none of its void pixels, so a cluster that
+spills over the background overlaps an object less, and one that spills over a void outline
+does not. A pixel with no segment (-1) counts in its object's area only.
 
 Averaging (a choice, documented in `common.eval.discovery`): the dataset values are pooled over
 all ground-truth masks of the dataset (`sum of best IoUs / number of masks`), not averaged per

@@ -4,7 +4,8 @@ Protocol. Images are resized whole to `S x S` and passed through the frozen netw
 BatchNorm); a linear layer per location (a 1x1 conv, `num_classes` outputs) maps the dense map
 `[h, w, C]` (`layer`) to class logits, which are upsampled bilinearly to the label's own
 resolution (`common.eval.overlap.resize_bilinear`) and trained by per-pixel cross-entropy
-against the class mask (0 = background is a class; -1 = ignore) of `train_split`, with Adam (or
+against the class mask (0 = background is a class; -1 = ignore: void, crowd, padding) of
+`train_split`, with Adam (or
 SGD + momentum) for `epochs` passes. The dense features of the training split are computed once
 and kept on device (`cache_features`; turn it off for datasets whose features do not fit, at
 the price of a forward pass per epoch). Validation: argmax of the upsampled logits, confusion
@@ -15,8 +16,13 @@ Like the classification probe, features are standardised per channel with traini
 (`standardize`), which leaves the probe linear but lets one learning rate fit every network.
 
 Labels: `class_mask` of the embedded `synthetic_scenes` (13 classes with background), COCO
-panoptic things (81; stuff counts as background, see `common.eval.dense_data`). A dataset with
-instance masks only (`folder_images`) has no classes and cannot be probed.
+panoptic things (81; stuff counts as background, see `common.eval.dense_data`), a COCO-format
+folder (`coco_folder`: its categories + background). A dataset with instance masks only
+(`folder_images`) has no classes and cannot be probed.
+
+Void (`common.data.void`: 255 in 8-bit masks unless the dataset's `void_label` says otherwise)
+reaches the probe as -1: such pixels carry no loss (`probe_loss`) and are in no cell of the
+confusion matrix, so they affect neither training nor mIoU, as in PASCAL VOC's evaluation.
 """
 
 from __future__ import annotations
@@ -34,6 +40,26 @@ from common.eval import Evaluator, overlap, register_evaluator
 from common.eval.discovery import eval_data_config, eval_image_size, limit_split
 from common.eval.features import FeatureBatches, extract_dense, network_variables
 from common.eval.linear_probe import moments
+
+
+def pixel_weights(labels: jax.Array, valid: jax.Array, num_classes: int) -> jax.Array:
+    """float32 `[B, H, W]`: 1 where the probe learns and scores, i.e. labels in
+    `[0, num_classes)` (not void / crowd / padding, which are -1) of real rows (`valid` `[B]`)."""
+    inside = (labels >= 0) & (labels < num_classes)
+    return (inside & valid[:, None, None]).astype(jnp.float32)
+
+
+def probe_loss(
+    logits: jax.Array, labels: jax.Array, valid: jax.Array, num_classes: int
+) -> jax.Array:
+    """Mean per-pixel cross-entropy of logits `[B, H, W, C]` against labels int `[B, H, W]`
+    over the pixels of `pixel_weights` (ignored pixels contribute nothing, not even to the
+    count)."""
+    w = pixel_weights(labels, valid, num_classes)
+    ce = optax.softmax_cross_entropy_with_integer_labels(
+        logits, jnp.clip(labels, 0, num_classes - 1)
+    )
+    return jnp.sum(ce * w) / jnp.maximum(w.sum(), 1.0)
 
 
 @register_evaluator("seg_probe")
@@ -94,21 +120,10 @@ class SegProbeEvaluator(Evaluator):
             canvas = item["labels"].shape[1:3]
             return overlap.resize_bilinear(logits, canvas, item["mask_hw"])
 
-        def pixel_weights(item):
-            labels = item["labels"]
-            return ((labels >= 0) & (labels < num_classes) & item["_valid"][:, None, None]).astype(
-                jnp.float32
-            )
-
         @functools.partial(jax.jit, out_shardings=replicated, donate_argnums=(0, 1))
         def step(params, opt_state, item):
-            w = pixel_weights(item)
-
             def loss_fn(p):
-                ce = optax.softmax_cross_entropy_with_integer_labels(
-                    logits_of(p, item), jnp.clip(item["labels"], 0, num_classes - 1)
-                )
-                return jnp.sum(ce * w) / jnp.maximum(w.sum(), 1.0)
+                return probe_loss(logits_of(p, item), item["labels"], item["_valid"], num_classes)
 
             loss, grads = jax.value_and_grad(loss_fn)(params)
             updates, opt_state = tx.update(grads, opt_state, params)
