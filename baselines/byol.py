@@ -1,4 +1,5 @@
-"""BYOL (Grill et al. 2020; METHODS.md §2): an online predictor regresses EMA target projections.
+"""BYOL (Grill et al. 2020; docs/METHODS.md §2): an online predictor regresses EMA target
+projections.
 
 Online = backbone -> mean pool -> projector -> predictor; target = backbone -> mean pool ->
 projector, following the online network by EMA. Loss: `2 - 2 cos` in both directions.

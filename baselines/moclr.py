@@ -1,4 +1,4 @@
-"""MoCLR (Tian, Hénaff, van den Oord 2021; METHODS.md §4): BYOL's architecture with InfoNCE.
+"""MoCLR (Tian, Hénaff, van den Oord 2021; docs/METHODS.md §4): BYOL's architecture with InfoNCE.
 
 Online predictions are queries, EMA target projections are keys; negatives are the target
 projections of every other image of the global batch in both views. This is exactly DetCon's

@@ -1,4 +1,4 @@
-"""SimCLR (Chen et al. 2020; METHODS.md §3): one network, NT-Xent between the two views.
+"""SimCLR (Chen et al. 2020; docs/METHODS.md §3): one network, NT-Xent between the two views.
 
 No predictor and no EMA: both views pass through the same backbone and projector, and gradients
 flow through both sides of the loss.

@@ -1,7 +1,7 @@
 """Supervised pretraining: backbone + linear classifier trained by cross-entropy on `label`.
 
 The reference row of the evaluation tables ("Supervised" in Odin's object-discovery table,
-METHODS.md §9), and the positive control of the evaluator tests: features trained with labels
+docs/METHODS.md §9), and the positive control of the evaluator tests: features trained with labels
 must beat a random initialisation on every evaluator. Unlike the online linear monitor (trained on
 stop-gradient features), this classifier's gradients flow into the backbone.
 

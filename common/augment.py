@@ -4,7 +4,7 @@ The host has already cropped, flipped and resized the views (`common.data.pipeli
 left is colour, blur and solarisation, which only touch the image, run per image with independent
 randomness (`jax.random.split(rng, B)` + `vmap`) and are jit-able with a static preset.
 
-Per image, in this order (METHODS.md §1.7, DeepMind's BYOL/DetCon `augmentations.py`):
+Per image, in this order (docs/METHODS.md §1.7, DeepMind's BYOL/DetCon `augmentations.py`):
 1. with prob `jitter_prob`: brightness (add U(-b, b)), contrast (factor U(1-c, 1+c) around each
    channel's spatial mean), saturation (factor U(1-s, 1+s) in HSV), hue (shift U(-h, h) in HSV,
    wrapping), in a random order per image, each followed by a clip to [0, 1];

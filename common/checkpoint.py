@@ -146,6 +146,8 @@ class Checkpointer:
             self.manager.save(step, args=ocp.args.Composite(**items), force=True)
         except Exception as e:
             raise self._save_failed(step, e) from e
+        if jax.process_index() == 0:
+            print(f"checkpoint: step {step} -> {self.directory}/{step}", flush=True)
 
     def _restore_item(self, step: int, name: str, args: Any) -> Any:
         return self.manager.restore(step, args=ocp.args.Composite(**{name: args}))[name]

@@ -25,7 +25,7 @@ import ml_collections
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from common import checkpoint, train
+from common import checkpoint, console, train
 
 
 class NoCheckpointError(FileNotFoundError):
@@ -130,6 +130,7 @@ def cli(argv):
     del argv
     from absl import flags
 
+    console.quiet()
     f = flags.FLAGS
     evals = [e.strip() for e in f.evals.split(",") if e.strip()] if f.evals else None
     evaluate(f.config, f.workdir, step=f.checkpoint, evals=evals, initial=f.init)

@@ -1,11 +1,11 @@
-"""Projector/predictor MLP and pooling modules (METHODS.md §1.2, §5.5).
+"""Projector/predictor MLP and pooling modules (docs/METHODS.md §1.2, §5.5).
 
 Pooling modules share one signature, `pool(features, masks=None) -> [B, R, C]`, where
 `features` is the backbone's dict of dense maps (`features['out']` is `[B, h, w, C]`) and
 `masks` are float weights `[B, R, h*w]`:
 * `MeanPool`: global spatial mean, R = 1 (BYOL, SimCLR, MoCLR).
 * `MaskPool`: mean over each mask's cells (DetCon, Odin).
-* `AttentionPool`: learned spatial softmax attention, R = number of queries (VITO, METHODS.md
+* `AttentionPool`: learned spatial softmax attention, R = number of queries (VITO, docs/METHODS.md
   §7.2).
 """
 
@@ -27,7 +27,7 @@ _HAIKU_LINEAR_INIT = nn.initializers.variance_scaling(
 
 
 class MLP(nn.Module):
-    """`Dense(hidden, bias) -> BatchNorm -> ReLU -> Dense(output, no bias)` (METHODS.md §1.2).
+    """`Dense(hidden, bias) -> BatchNorm -> ReLU -> Dense(output, no bias)` (docs/METHODS.md §1.2).
 
     Works on `[..., C]`: BatchNorm normalises over every axis but the last (as Haiku does for
     DetCon's `[B, R, C]` mask features, statistics over batch x masks). Under `jax.jit` on a
@@ -108,7 +108,7 @@ class MeanPool(nn.Module):
 
 
 class MaskPool(nn.Module):
-    """Mean of the dense features over each mask's cells (DetCon, METHODS.md §5.5).
+    """Mean of the dense features over each mask's cells (DetCon, docs/METHODS.md §5.5).
 
     `pooled = (masks / max(area, 1)) @ features` with `area = sum(masks)` per mask, exactly the
     DeepMind code; an empty mask therefore pools to a zero vector.
@@ -167,7 +167,7 @@ class AttentionPool(nn.Module):
 
     `1x1 conv(hidden) -> ReLU -> 1x1 conv(num_queries)` gives one logit per location and query,
     a softmax over the `h*w` locations turns them into weights, and the pooled vector is the
-    weighted sum of the features. The head design is [UNVERIFIED lo] in the paper (METHODS.md
+    weighted sum of the features. The head design is [UNVERIFIED lo] in the paper (docs/METHODS.md
     §7.7 q1); the last layer starts at zero [DEFAULT] so that training starts from global
     average pooling (the MoCLR network VITO modifies) and learns where to look.
 

@@ -1,6 +1,6 @@
 """Batched k-means in jnp: one independent clustering per image, vectorised over the batch.
 
-Odin (METHODS.md §6.3) clusters each image's dense features inside the training step, and the
+Odin (docs/METHODS.md §6.3) clusters each image's dense features inside the training step, and the
 object-discovery evaluation (`common.eval.discovery`) does the same with frozen features, so the
 whole thing is a pure, jit-able function of `(rng, features)`: no Python loop over the batch, a
 fixed number of Lloyd iterations (`lax.fori_loop`), and randomness only from the given key.

@@ -7,7 +7,7 @@ They are written for the **global** batch: under `jax.jit` on a mesh with the ba
 XLA's SPMD partitioner inserts the collectives that DeepMind's pmap code wrote by hand
 (`all_gather` of the targets, `axis_index` to locate "this image"). No axis names appear here.
 
-Gradient convention (METHODS.md §2, §5.6, §5.7):
+Gradient convention (docs/METHODS.md §2, §5.6, §5.7):
 * `byol_loss` stop-gradients its targets itself (BYOL never wants target gradients).
 * `contrastive_detection_loss` and `nt_xent` do **not** stop-gradient anything. DetCon_B / MoCLR /
   Odin / VITO callers pass `jax.lax.stop_gradient(target_projection)`; DetCon_S passes the online
@@ -45,7 +45,7 @@ def l2_normalize(x: jax.Array, axis: int = -1, epsilon: float = 1e-12) -> jax.Ar
 def byol_loss(
     pred1: jax.Array, pred2: jax.Array, target1: jax.Array, target2: jax.Array
 ) -> jax.Array:
-    """BYOL's symmetric regression loss (METHODS.md §2).
+    """BYOL's symmetric regression loss (docs/METHODS.md §2).
 
     `L = mean[2 - 2 cos(pred1, target2)] + mean[2 - 2 cos(pred2, target1)]`, i.e. the sum of both
     directions, each averaged over the batch (and over the R slots when present).
@@ -70,7 +70,7 @@ def byol_loss(
 
 
 def nt_xent(z1: jax.Array, z2: jax.Array, *, temperature: float, precision=_PRECISION) -> jax.Array:
-    """SimCLR's NT-Xent loss (METHODS.md §3).
+    """SimCLR's NT-Xent loss (docs/METHODS.md §3).
 
     The 2B projections are l2-normalised; anchor i's positive is the other view of the same
     image, its negatives the other 2B - 2 projections (itself excluded from the softmax). The
@@ -180,7 +180,7 @@ def _detcon_direction(
     pos_logit = jnp.sum(jnp.where(pos, diag_x, 0.0), axis=-1) / jnp.maximum(num_pos, 1)
     ce = lse - pos_logit
     # Weight 1[|P| > 0] / n_dup: a mask id sampled k times counts once in total (the code's
-    # `obj_area` is this duplicate count, METHODS.md §11.4).
+    # `obj_area` is this duplicate count, docs/METHODS.md §11.4).
     n_dup = jnp.sum(same_id_s, axis=-1)  # >= 1 (the slot itself)
     weight = (num_pos > 0).astype(jnp.float32) / n_dup
     # Mean over all B*R slots, zero-weight ones included (DeepMind `manual_cross_entropy`).
@@ -199,7 +199,7 @@ def contrastive_detection_loss(
     local_negatives: bool = True,
     precision=_PRECISION,
 ) -> jax.Array:
-    """DetCon's contrastive detection loss (DeepMind `byol_nce_detcon`, METHODS.md §5.6).
+    """DetCon's contrastive detection loss (DeepMind `byol_nce_detcon`, docs/METHODS.md §5.6).
 
     For each query slot (b, r) of view 1 (view 2 symmetric):
     * logits = `cos(pred1[b,r], target{1,2}[u,v]) / T` for every slot (u, v) of both views of
@@ -211,7 +211,7 @@ def contrastive_detection_loss(
     * weight = `1[|P| > 0] / n_dup`, n_dup = number of view-1 slots of image b with that id;
     * `L_1 = mean over all B*R slots of weight * CE`, and `L = L_1 + L_2`.
 
-    MoCLR (METHODS.md §4) is the special case R = 1 with one full-image id (e.g. all zeros).
+    MoCLR (docs/METHODS.md §4) is the special case R = 1 with one full-image id (e.g. all zeros).
 
     Extension (no effect when every id is >= 0, as in DeepMind's code): a negative id marks an
     invalid slot (an image/view without any valid mask, see `common.masks.sample_ids`); such a

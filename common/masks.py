@@ -1,4 +1,5 @@
-"""DetCon mask handling on device: down-sampling, id sampling, binary masks (METHODS.md §5.4-5.5).
+"""DetCon mask handling on device: down-sampling, id sampling, binary masks (docs/METHODS.md
+§5.4-5.5).
 
 Pipeline for one view: pixel id map `[B, S, S]` (from the data pipeline, -1 = no id)
 -> `ids_to_grid` -> per-cell majority id `[B, h, w]`

@@ -71,6 +71,12 @@ class MetricLogger:
 
     def start(self, step: int) -> None:
         """Starts timing at `step` and drops the JSONL rows after it (logged before a crash)."""
+        if self.is_primary and step < self.total_steps:
+            print(
+                f"training steps {step + 1}..{self.total_steps} (the first one compiles); "
+                f"metrics: {self.jsonl_path}, TensorBoard: {self.workdir}",
+                flush=True,
+            )
         self._last_time, self._last_step = time.perf_counter(), step
         if self.is_primary:
             rows = read_jsonl(self.workdir)

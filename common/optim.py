@@ -1,4 +1,4 @@
-"""Optimiser and schedules of the DeepMind BYOL/DetCon recipe (METHODS.md §1.3-1.5).
+"""Optimiser and schedules of the DeepMind BYOL/DetCon recipe (docs/METHODS.md §1.3-1.5).
 
 * `lars`: LARS with DeepMind's ordering (weight decay -> trust ratio -> momentum -> lr), which
   differs from `optax.lars` (lr applied *before* the momentum trace) whenever the lr varies.
@@ -67,7 +67,7 @@ def _map_with_exclusion(fn, exclude: ExcludeFn, updates, params):
 
 
 def add_weight_decay(weight_decay: float, exclude: ExcludeFn) -> optax.GradientTransformation:
-    """Step 1 of METHODS.md §1.4: `u = g + wd * w` for non-excluded leaves."""
+    """Step 1 of docs/METHODS.md §1.4: `u = g + wd * w` for non-excluded leaves."""
 
     def update_fn(updates, state, params=None):
         return _map_with_exclusion(
@@ -78,7 +78,7 @@ def add_weight_decay(weight_decay: float, exclude: ExcludeFn) -> optax.GradientT
 
 
 def scale_by_trust_ratio(eta: float, exclude: ExcludeFn) -> optax.GradientTransformation:
-    """Step 2 of METHODS.md §1.4: `u *= eta * |w| / |u|`, ratio 1 if either norm is 0.
+    """Step 2 of docs/METHODS.md §1.4: `u *= eta * |w| / |u|`, ratio 1 if either norm is 0.
 
     Norms are Frobenius norms of the whole leaf, computed in float32.
     """
@@ -104,7 +104,7 @@ def lars(
     momentum: float = 0.9,
     exclude: ExcludeFn = default_exclude,
 ) -> optax.GradientTransformation:
-    """LARS exactly as DeepMind's `utils/optimizers.lars` (METHODS.md §1.4).
+    """LARS exactly as DeepMind's `utils/optimizers.lars` (docs/METHODS.md §1.4).
 
     Per leaf, with g the (global-batch) gradient and w the parameter:
     1. `u = g + weight_decay * w` (skipped for excluded leaves);
@@ -136,7 +136,7 @@ def lars(
 def warmup_cosine_schedule(
     *, base_lr: float, batch_size: int, total_steps: int, warmup_steps: int
 ) -> optax.Schedule:
-    """DeepMind `schedules.learning_schedule` (METHODS.md §1.5).
+    """DeepMind `schedules.learning_schedule` (docs/METHODS.md §1.5).
 
     `peak = base_lr * batch_size / 256`; `lr = peak * step / warmup_steps` for
     `step < warmup_steps`, then `0.5 * peak * (1 + cos(pi * k / (total - warmup)))` with
@@ -169,7 +169,7 @@ def warmup_cosine_schedule(
 def ema_tau(step, *, base_tau: float, total_steps: int) -> jax.Array:
     """Target EMA rate `1 - (1 - base_tau) * (cos(pi k / K) + 1) / 2`, `k = min(step, K)`.
 
-    Goes from `base_tau` at step 0 to 1 at `total_steps` (METHODS.md §1.3).
+    Goes from `base_tau` at step 0 to 1 at `total_steps` (docs/METHODS.md §1.3).
 
     Args:
       step: current step (int or scalar array).
@@ -184,7 +184,7 @@ def ema_tau(step, *, base_tau: float, total_steps: int) -> jax.Array:
 
 
 def ema_update(target_tree, online_tree, tau):
-    """`target + (1 - tau) * (online - target)` on every matching leaf (METHODS.md §1.3).
+    """`target + (1 - tau) * (online - target)` on every matching leaf (docs/METHODS.md §1.3).
 
     Args:
       target_tree: EMA parameters.
@@ -213,7 +213,7 @@ def detcon_warmup_steps(num_epochs: int, num_examples: int, batch_size: int) -> 
     """DetCon's actual warm-up: `(num_epochs // 100) * num_examples // batch_size`.
 
     The DetCon config's `warmup_epochs=10` is never read; the value used is one warm-up epoch
-    per 100 training epochs (METHODS.md §1.5, §11.2). ImageNet at batch 4096: 100 -> 312;
+    per 100 training epochs (docs/METHODS.md §1.5, §11.2). ImageNet at batch 4096: 100 -> 312;
     300 -> 938; 1000 -> 3,127. Below 100 epochs there is no warm-up at all.
     """
     return (int(num_epochs) // 100) * num_examples // batch_size

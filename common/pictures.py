@@ -57,6 +57,9 @@ def _cli(argv):
     del argv
     from absl import flags
 
+    from common import console
+
+    console.quiet()
     path = pictures_for_workdir(flags.FLAGS.config, flags.FLAGS.workdir, flags.FLAGS.out)
     print(f"pictures: {path}", flush=True)
 

@@ -38,7 +38,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from common import augment, checkpoint, metrics, optim
+from common import augment, checkpoint, console, metrics, optim
 from common.method import Method, Networks, get_method
 
 PyTree = Any
@@ -333,6 +333,7 @@ def make_data_iterator(
 
 def main(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Trains (resuming from `workdir` if it holds a checkpoint); returns the final metrics."""
+    console.quiet()
     maybe_initialize_distributed(config)
     from common.data import loading  # tf.data / TFDS only in runs that read data
 

@@ -1,5 +1,5 @@
 """The two-network shape of BYOL, MoCLR, DetCon_B and VITO: an online network with a predictor
-and an EMA target network without one (METHODS.md §2)."""
+and an EMA target network without one (docs/METHODS.md §2)."""
 
 from __future__ import annotations
 

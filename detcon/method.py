@@ -1,4 +1,4 @@
-"""DetCon_B and DetCon_S (Hénaff et al., ICCV 2021; METHODS.md §5).
+"""DetCon_B and DetCon_S (Hénaff et al., ICCV 2021; docs/METHODS.md §5).
 
 What makes DetCon different from its baselines is only this: features are pooled over sampled
 segments of each view instead of the whole image, and the contrastive loss runs over those mask
@@ -48,7 +48,7 @@ def sample_view_masks(
     """Pixel ids `[B,S,S]` -> (sampled ids `[B,R]`, binary masks on the feature grid `[B,R,h*w]`,
     the grid of majority ids `[B,h,w]`).
 
-    METHODS.md §5.4-5.5: majority id per stride x stride cell, then R ids with replacement,
+    docs/METHODS.md §5.4-5.5: majority id per stride x stride cell, then R ids with replacement,
     uniformly among the ids that own at least one cell of this view.
     """
     grid = masks.ids_to_grid(id_map, stride, num_ids)

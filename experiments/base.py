@@ -114,10 +114,10 @@ def base_config(method: str, variant: str) -> ml_collections.ConfigDict:
             {"monitor": evaluator_config("monitor", batch_size=1024)}
         )
     elif variant == "local":
-        # A few minutes on 2 CPU cores. XLA:CPU runs backward convolutions slowly (DESIGN.md), so
-        # the local network is a ResNet-18 layout with one block per stage and 16 base channels
-        # (DetCon's TinyResNet style) and a stride-8 stem: 48 px views give a 6x6 feature grid,
-        # the smallest DetCon's masks need, with every stage at >= 6x6.
+        # A few minutes on 2 CPU cores. XLA:CPU runs backward convolutions slowly
+        # (docs/DESIGN.md §6), so the local network is a ResNet-18 layout with one block per stage
+        # and 16 base channels (DetCon's TinyResNet style) and a stride-8 stem: 48 px views give a
+        # 6x6 feature grid, the smallest DetCon's masks need, with every stage at >= 6x6.
         c.batch_size = 64
         c.total_steps = 200
         c.num_classes = 12

@@ -1,4 +1,4 @@
-"""BYOL (Grill et al. 2020), METHODS.md §2.
+"""BYOL (Grill et al. 2020), docs/METHODS.md §2.
 
 Local run (a few minutes on 2 CPU cores, builds the embedded dataset on first use):
     python -m common.train --config experiments/byol.py:local --workdir workdirs/byol_local

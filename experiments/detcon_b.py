@@ -1,4 +1,5 @@
-"""DetCon_B (Hénaff et al., ICCV 2021), METHODS.md §5: BYOL architecture, contrastive detection.
+"""DetCon_B (Hénaff et al., ICCV 2021), docs/METHODS.md §5: BYOL architecture, contrastive
+detection.
 
 Local run (embedded scenes with their FH masks; a few minutes on 2 CPU cores):
     python -m common.train --config experiments/detcon_b.py:local --workdir workdirs/detcon_b

@@ -1,4 +1,5 @@
-"""DetCon_S (Hénaff et al., ICCV 2021), METHODS.md §5.7: SimCLR architecture, contrastive detection.
+"""DetCon_S (Hénaff et al., ICCV 2021), docs/METHODS.md §5.7: SimCLR architecture, contrastive
+detection.
 
     python -m common.train --config experiments/detcon_s.py:local --workdir workdirs/detcon_s
     python -m common.train --config experiments/detcon_s.py:imagenet,epochs=1000 --workdir ...

@@ -1,4 +1,4 @@
-"""Odin (Hénaff et al., ECCV 2022), METHODS.md §6: DetCon_B with k-means masks of a discovery
+"""Odin (Hénaff et al., ECCV 2022), docs/METHODS.md §6: DetCon_B with k-means masks of a discovery
 network that follows the online network.
 
 Local run (embedded scenes, no masks read from the dataset; a few minutes on 2 CPU cores):
@@ -7,7 +7,7 @@ Paper scale (ImageNet; ResNet-50 or ViT-B/8):
     python -m common.train --config experiments/odin.py:imagenet,backbone=resnet50 --workdir ...
     python -m common.train --config experiments/odin.py:imagenet,backbone=vit_b8 --workdir ...
 
-Hyper-parameters. The paper's optimisation is not verified (METHODS.md §6.4): the `imagenet`
+Hyper-parameters. The paper's optimisation is not verified (docs/METHODS.md §6.4): the `imagenet`
 variant takes DetCon_B's released recipe (LARS base LR 0.2, WD 1.5e-6, tau 0.996, 16 masks,
 temperature 0.1, batch 4096, 1000 epochs) for both backbones. Discovery options (mode, its EMA
 rate, K, k-means iterations, crop scale, resolution) are `method_kwargs` / `data` fields with

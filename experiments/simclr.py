@@ -1,4 +1,4 @@
-"""SimCLR (Chen et al. 2020), METHODS.md §3: one network, NT-Xent, symmetric augmentations.
+"""SimCLR (Chen et al. 2020), docs/METHODS.md §3: one network, NT-Xent, symmetric augmentations.
 
     python -m common.train --config experiments/simclr.py:local --workdir workdirs/simclr_local
     python -m common.train --config experiments/simclr.py:imagenet,epochs=1000 --workdir ...

@@ -1,4 +1,5 @@
-"""Supervised pretraining (cross-entropy on the image label), the reference row of METHODS.md §9.
+"""Supervised pretraining (cross-entropy on the image label), the reference row of
+docs/METHODS.md §9.
 
 Local run (the embedded synthetic_scenes, majority-class labels; about a minute on 2 CPU cores):
     python -m common.train --config experiments/supervised.py:local --workdir workdirs/sup_local

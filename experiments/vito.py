@@ -1,4 +1,4 @@
-"""VITO (Parthasarathy et al., NeurIPS 2023), METHODS.md §7: MoCLR on video frame pairs with
+"""VITO (Parthasarathy et al., NeurIPS 2023), docs/METHODS.md §7: MoCLR on video frame pairs with
 multi-scale attention pooling.
 
 Local run (the embedded synthetic_videos, evaluated on the embedded images and on video label
@@ -11,10 +11,10 @@ Paper scale (ResNet-50, batch 4096, LARS; a video TFDS dataset, e.g. one written
 `python -m vito.curate`):
     python -m common.train --config experiments/vito.py:videonet,dataset=NAME --workdir ...
 
-Unverified (METHODS.md §7.7), each a config field with a [DEFAULT]:
+Unverified (docs/METHODS.md §7.7), each a config field with a [DEFAULT]:
 * temporal offset: uniform in `min_offset..max_offset` *frames* (`data.min_offset`,
   `data.max_offset`; the pipeline counts frames, not seconds: at 25 fps the videonet default
-  of 1..50 frames is up to 2 s, the top of METHODS.md's 0-2.5 s sweep);
+  of 1..50 frames is up to 2 s, the top of docs/METHODS.md's 0-2.5 s sweep);
 * crop scale: `data.crop_scale = (0.3, 1.0)` (BYOL's is (0.08, 1); VITO raises the minimum,
   value unverified, 0.2-0.4 plausible);
 * attention pooling: stages `stage3`, `stage4` (the paper's stages 4 and 5), hidden 512 (the
@@ -45,7 +45,7 @@ def get_config(arg: str | None = None):
     config.data.crop_scale = (0.3, 1.0)
     config.loss.temperature = 0.1
     if paper:
-        # No VideoNet here (web crawling is out of scope, METHODS.md §7.4): any video dataset,
+        # No VideoNet here (web crawling is out of scope, docs/METHODS.md §7.4): any video dataset,
         # curated by `python -m vito.curate`, named on the command line.
         config.data.name = args.dataset or "videonet"
         config.data.num_examples = 0  # counted from the dataset by the trainer

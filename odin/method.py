@@ -1,4 +1,4 @@
-"""Odin (Hénaff et al., ECCV 2022; METHODS.md §6): DetCon_B whose masks come from k-means of a
+"""Odin (Hénaff et al., ECCV 2022; docs/METHODS.md §6): DetCon_B whose masks come from k-means of a
 discovery network's own features.
 
 What makes Odin different from DetCon_B is only where the id maps come from. Inside the one
@@ -16,7 +16,7 @@ jitted training step:
 4. from there on DetCon_B unchanged: majority down-sampling, R ids sampled per view, mask
    pooling, `contrastive_detection_loss`.
 
-Options the paper does not pin down (METHODS.md §6.2-6.3, §6.7) are `method_kwargs` with
+Options the paper does not pin down (docs/METHODS.md §6.2-6.3, §6.7) are `method_kwargs` with
 documented defaults [DEFAULT]:
 
 * `discovery_mode`: `ema` (its own EMA of the online network, `discovery_base_tau` with
@@ -54,7 +54,7 @@ def default_odin_kwargs() -> ml_collections.ConfigDict:
     c.discovery_tau_schedule = "constant"  # or "cosine" (base -> 1 as BYOL's target)
     c.discovery_copy_every = 100  # `copy` mode: steps between copies
     c.discovery_features = "backbone"
-    c.num_clusters = 8  # K [DEFAULT], METHODS.md §6.3 suggests sweeping {4, 8, 16, 32}
+    c.num_clusters = 8  # K [DEFAULT], docs/METHODS.md §6.3 suggests sweeping {4, 8, 16, 32}
     c.kmeans_iters = 10
     c.kmeans_init = "kmeans++"
     c.kmeans_distance = "cosine"

@@ -1,6 +1,6 @@
 """Mask transport: cluster ids on the discovery view's feature grid -> pixel ids of a view.
 
-Odin (METHODS.md §6.3 step 4-5) clusters the discovery view and hands the clusters to the
+Odin (docs/METHODS.md §6.3 step 4-5) clusters the discovery view and hands the clusters to the
 representation views, which are other crops (and flips) of the same image. The data pipeline
 emits every view's crop box in the original image's normalised coordinates
 (`common.data.geometry.window_to_box`), so the transport is pure geometry, done on device:

@@ -256,7 +256,7 @@ def logsumexp(v):
 
 
 def ref_detcon(p1, p2, t1, t2, ids1, ids2, temperature, local_negatives=True):
-    """Straight from the METHODS.md §5.6 text, one query slot at a time (float64).
+    """Straight from the docs/METHODS.md §5.6 text, one query slot at a time (float64).
 
     Extension mirrored from the implementation: slots with a negative id are skipped entirely
     (no loss, never a candidate, never a positive).

@@ -66,7 +66,7 @@ def test_detcon_hand_computed_logits():
 
 
 def test_detcon_r1_is_moclr_infonce():
-    """R=1 with one full-image id is MoCLR's InfoNCE (METHODS.md §4), written out here."""
+    """R=1 with one full-image id is MoCLR's InfoNCE (docs/METHODS.md §4), written out here."""
     rng = np.random.default_rng(7)
     b, d, temp = 5, 6, 0.1
     p1, p2, t1, t2 = (rng.normal(size=(b, d)) for _ in range(4))

@@ -49,7 +49,7 @@ def _flat(tree):
 
 
 def numpy_lars(params, grads_seq, lrs, wd, eta, mom):
-    """The 4 steps of METHODS.md §1.4 on plain float64 numpy arrays, leaf by leaf."""
+    """The 4 steps of docs/METHODS.md §1.4 on plain float64 numpy arrays, leaf by leaf."""
     w = _flat(params)
     m = {k: np.zeros_like(v) for k, v in w.items()}
     history = []

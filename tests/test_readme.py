@@ -4,7 +4,9 @@ job) exactly as written, plus overrides that shrink it to a few steps on the tin
 from __future__ import annotations
 
 import os
+import re
 import shlex
+import subprocess
 
 from tests import helpers
 
@@ -34,7 +36,23 @@ def test_main_job_command_runs_and_prints_its_evaluation(data_dir, tmp_path):
         "random_init_baseline": True,
     }  # fmt: skip
     args += [f"--config.{k}={v}" for k, v in overrides.items()]
-    proc = helpers.run_cli(args)
+    # As a user runs it: no TF_CPP_MIN_LOG_LEVEL from the test environment (common.console).
+    env = helpers.subprocess_env()
+    env.pop("TF_CPP_MIN_LOG_LEVEL")
+    proc = subprocess.run(
+        args, env=env, capture_output=True, text=True, timeout=600, cwd=helpers.REPO
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
     assert "evaluation at step 3" in proc.stdout
     assert "monitor/top1" in proc.stdout
     assert "step 3 beside the random initialisation" in proc.stdout
+    assert "step 3/3 loss" in proc.stdout
+    assert f"checkpoint: step 3 -> {tmp_path}" in proc.stdout
+
+    # The default output is ours alone: no absl/Python INFO lines (Orbax's CheckpointManager
+    # option dump among them), no TensorFlow/XLA C++ log line, no deprecation notice.
+    output = proc.stdout + proc.stderr
+    assert "CheckpointManagerOptions" not in output
+    assert not re.search(r"^I\d{4} \d\d:\d\d:\d\d", output, re.M), output[:2000]
+    assert not re.search(r"\.cc:\d+\]", output), output[:2000]
+    assert "DeprecationWarning" not in output and "deprecated" not in output, output[:2000]

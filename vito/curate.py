@@ -1,4 +1,4 @@
-"""VideoNet-style curation (METHODS.md §7.4): keep the videos an image classifier recognises.
+"""VideoNet-style curation (docs/METHODS.md §7.4): keep the videos an image classifier recognises.
 
     python -m vito.curate --dataset synthetic_videos --data_dir ~/tensorflow_datasets \\
         --config experiments/supervised.py:local --workdir workdirs/sup_local \\
@@ -18,7 +18,7 @@ label, and the video is kept when `agreement >= threshold`. Outputs:
   number kept and dropped per split, and for every video its split, index, TFDS id, label,
   agreement and decision.
 
-Deviation from the paper (METHODS.md §7.4): VideoNet issues YouTube queries per ImageNet class
+Deviation from the paper (docs/METHODS.md §7.4): VideoNet issues YouTube queries per ImageNet class
 and drops videos shorter than 10 s, then filters; there is no crawling here, the filter runs over
 an existing labelled video dataset (the label plays the query's role), and its threshold is
 unknown in the paper ([DEFAULT] 0.5). Classes are compared by index: the classifier's classes

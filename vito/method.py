@@ -1,5 +1,5 @@
-"""VITO (Parthasarathy, Eslami, Carreira, Hénaff; METHODS.md §7): MoCLR on video frame pairs with
-multi-scale attention pooling.
+"""VITO (Parthasarathy, Eslami, Carreira, Hénaff; docs/METHODS.md §7): MoCLR on video frame
+pairs with multi-scale attention pooling.
 
 * Data: the two views are two frames of one clip, `min_offset..max_offset` frames apart, each
   with its own random resized crop and flip (`config.data.kind = 'video_pairs'`, the trainer's

@@ -1,6 +1,6 @@
 """VITO's network: backbone -> attention pooling per scale -> projector (-> predictor) per scale.
 
-METHODS.md §7.2 [UNVERIFIED lo/med]: multi-scale attention pooling replaces MoCLR's global mean
+docs/METHODS.md §7.2 [UNVERIFIED lo/med]: multi-scale attention pooling replaces MoCLR's global mean
 before the projector, on the last two ResNet stages. Each scale has its own `AttentionPool`,
 projector and (online) predictor; with `combine='concat'` the pooled vectors of the scales are
 concatenated before one projector instead (the alternative the paper leaves open).

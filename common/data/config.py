@@ -55,7 +55,7 @@ def default_data_config() -> ml_collections.ConfigDict:
         Global batch k is the concatenation of batch k of every slice, so fixing num_shards
         makes the stream independent of the number of processes reading it (a job resumed on a
         different slice of a pod, or one process emulating two). A multiple of process_count.
-      discovery_view: also emit Odin's discovery view `view0` (METHODS.md §6.3): a large crop
+      discovery_view: also emit Odin's discovery view `view0` (docs/METHODS.md §6.3): a large crop
         of the image, never flipped, with its box `box0` (and `mask0` when there is a mask
         source); the representation views stay crops of the whole image.
       discovery_crop_scale: (min, max) area fraction of the discovery crop [DEFAULT (0.5, 1)].

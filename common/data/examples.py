@@ -93,7 +93,7 @@ def two_views(
 def discovery_view(
     cfg: types.SimpleNamespace, seed: tf.Tensor, image: tf.Tensor, ids: tf.Tensor | None
 ) -> dict[str, tf.Tensor]:
-    """Odin's discovery view: a large crop, no flip, no photometric change (METHODS.md §6.3).
+    """Odin's discovery view: a large crop, no flip, no photometric change (docs/METHODS.md §6.3).
 
     Returns:
       `view0` float32 `[S0, S0, 3]`, `box0` float32 `[4]`, `flip0` int32 `[]` (always 0), and

@@ -1,9 +1,9 @@
 """Felzenszwalb (FH) masks for any TFDS image dataset, written as a derived TFDS dataset.
 
 DetCon trains with FH segment ids computed once per image, offline, on the full-resolution image
-(`skimage.segmentation.felzenszwalb`, METHODS.md §5.2). This module turns a prepared TFDS dataset
-`NAME[/CONFIG][:VERSION]` into a derived dataset `NAME_fh/<CONFIG->fh<scale>-<min_size>...` (same
-version) that holds every feature of the source record unchanged plus
+(`skimage.segmentation.felzenszwalb`, docs/METHODS.md §5.2). This module turns a prepared TFDS
+dataset `NAME[/CONFIG][:VERSION]` into a derived dataset `NAME_fh/<CONFIG->fh<scale>-<min_size>...`
+(same version) that holds every feature of the source record unchanged plus
 
   fh_masks  Tensor (n_fh, H, W) uint8 or uint16: one channel per (scale, min_size) pair.
 

@@ -21,7 +21,7 @@ def sample_crop_window(
     scale: tuple[float, float] = (0.08, 1.0),
     ratio: tuple[float, float] = (3 / 4, 4 / 3),
 ) -> tf.Tensor:
-    """DeepMind's random resized crop window (METHODS.md §1.7), without a retry loop.
+    """DeepMind's random resized crop window (docs/METHODS.md §1.7), without a retry loop.
 
     Area fraction `s ~ U(scale)`, log aspect `log r ~ U(log ratio)`, `w = round(sqrt(s A r))`,
     `h = round(sqrt(s A / r))`, each clipped to the image (so the effective aspect may change),

@@ -115,7 +115,8 @@ def make_video_pair_iterator(
 def video_pair_dataset(
     data_config: Mapping[str, Any] | None, spec: StreamSpec
 ) -> tuple[tf.data.Dataset, int, Callable]:
-    """Two frames of one clip, each with its own random resized crop and flip (VITO, §7.3).
+    """Two frames of one clip, each with its own random resized crop and flip (VITO,
+    docs/METHODS.md §7.3).
 
     The temporal offset `d = frame2 - frame1` is uniform on `[min_offset, min(max_offset,
     T - 1)]` and `frame1` uniform on `[0, T - 1 - d]`, so both frames lie in the clip; a clip

@@ -1,7 +1,7 @@
 """Felzenszwalb-Huttenlocher (FH) segment ids: settings, storage dtype and the one FH call.
 
 DetCon computes `skimage.segmentation.felzenszwalb(image, scale=1000, min_size=1000)` once per
-image, on the full-resolution uint8 RGB image (METHODS.md §5.2). Those values were tuned on
+image, on the full-resolution uint8 RGB image (docs/METHODS.md §5.2). Those values were tuned on
 ImageNet photographs of about 400x350 pixels. Both parameters are in units of pixels: `min_size` is
 a segment area, and `scale` is divided by a component's area in FH's merge criterion
 (`internal difference + scale / |C|`). On a 64x64 image (4,096 pixels, 34x fewer than 140,000)

@@ -1,4 +1,5 @@
-"""Object discovery (Odin, METHODS.md §6.5 and §9): k-means of frozen dense features vs objects.
+"""Object discovery (Odin, docs/METHODS.md §6.5 and §9): k-means of frozen dense features vs
+objects.
 
 Protocol. Each image is resized whole to `S x S` and passed through the frozen network
 (inference-mode BatchNorm); its dense map `[h, w, C]` (`layer`, default the final one) is
@@ -15,7 +16,7 @@ background pixels count in a segment's area). Then
 
 Averaging: pooled over every mask of the split (a dataset with many objects per image weighs
 those images more), which is how segment-proposal benchmarks define ABO; the exact order Odin
-used is not known (METHODS.md §6.5, "TO VERIFY").
+used is not known (docs/METHODS.md §6.5, "TO VERIFY").
 
 `segments` other than `kmeans` scores a stored id map instead of the network, e.g. `fh` (the
 Felzenszwalb masks of the dataset, channel `fh_index`) for the hand-crafted baseline of Odin's

@@ -1,7 +1,7 @@
 """Video label propagation with frozen features: the DAVIS semi-supervised protocol (J & F).
 
 Protocol (as DINO's `eval_video_segmentation.py` and CRW / VFS use it; VITO reports DAVIS-2017
-J&F, METHODS.md §7.6, its exact settings unverified):
+J&F, docs/METHODS.md §7.6, its exact settings unverified):
 * every frame goes through the frozen network (inference mode); its dense map `layer` is
   l2-normalised per cell, `[h*w, C]`;
 * the first frame's instance masks become soft labels on the feature grid (one-hot ids,

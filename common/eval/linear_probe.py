@@ -1,6 +1,6 @@
 """Linear classification probe on frozen pooled features (BYOL's protocol, cheap variant).
 
-BYOL's linear evaluation [CODE: byol/configs/eval.py, METHODS.md §8]: frozen backbone with
+BYOL's linear evaluation [CODE: byol/configs/eval.py, docs/METHODS.md §8]: frozen backbone with
 BatchNorm in inference mode, a linear classifier trained with SGD, Nesterov momentum 0.9, a cosine
 learning-rate schedule and no weight decay, on the pooled representation.
 

@@ -1,7 +1,7 @@
 """Pure metric functions on id maps: best overlaps (ABO / OR), resizing id maps and logits to a
 mask's own resolution, and confusion matrices (mIoU). All jit-able, vectorised over the batch.
 
-Id-map conventions (METHODS.md §6.5, docs/ARCHITECTURE.md):
+Id-map conventions (docs/METHODS.md §6.5, docs/ARCHITECTURE.md):
 * ground truth `gt` int `[B, H, W]`: 0 = background, -1 = ignore (void, crowd regions,
   padding), `1..max_id` = objects (instance ids, or `class + 1` for class masks). The readers
   (`common.eval.dense_data`) turn an annotation's void label (255 in 8-bit masks, see

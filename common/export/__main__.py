@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 
+from common import console
 from common.export import FORMATS, run
 
 
@@ -12,6 +13,7 @@ def main(argv) -> None:
 
     if len(argv) > 1:
         raise SystemExit(f"common.export: error: unexpected arguments {argv[1:]}")
+    console.quiet()
     f = flags.FLAGS
     try:
         print(

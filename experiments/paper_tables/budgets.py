@@ -6,7 +6,7 @@ with frozen features (there is no COCO, PASCAL or Cityscapes here):
 * `seg_probe/miou`: a linear per-location probe for the class mask (semantic segmentation);
 * `discovery/abo_i`, `abo_c`, `or`: k-means object discovery (Odin's table), at 128 px input
   so that the stride-8 feature grid is 16 x 16 (at 64 px the best possible grid segmentation
-  scores 0.469, see the README);
+  scores 0.469, see docs/results.md);
 * `linear_probe/top1`, `knn/top1`: image classification of the majority class;
 * `label_propagation/JF_mean`: DAVIS-style propagation of the first frame's instance masks
   through the embedded validation videos (VITO's video evaluation).

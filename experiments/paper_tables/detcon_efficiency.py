@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from experiments.paper_tables import budgets, cli, report, runs
 
-PAPER = """Paper (ResNet-50, ImageNet pretraining, then fine-tuned; the talk in `../shared/seeds/`):
+PAPER = """Paper (ResNet-50, ImageNet pretraining, then fine-tuned; O. Hénaff, "The virtuous cycle of object discovery and representation learning", ECCV 2022 SSL workshop talk; docs/METHODS.md §9):
 
 | | COCO det 300 | COCO det 1000 | COCO inst-seg 300 | 1000 | PASCAL 300 | 1000 | Cityscapes 300 | 1000 | NYU depth 100 | 1000 |
 | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |

@@ -1,0 +1,65 @@
+"""common.console: what it lets through and what --verbosity brings back (in process; the main
+job's whole output is checked in tests/test_readme.py)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+
+import pytest
+from absl import logging as absl_logging
+
+from common import console
+
+
+@pytest.fixture
+def restore_logging():
+    level = absl_logging.get_verbosity()
+    handler = absl_logging.get_absl_handler()
+    filters = list(handler.filters)
+    explicit = console._explicit_verbosity
+    environ = dict(os.environ)
+    yield handler
+    os.environ.clear()
+    os.environ.update(environ)
+    absl_logging.set_verbosity(level)
+    handler.filters[:] = filters
+    console._explicit_verbosity = explicit
+
+
+def _record(message, level=logging.WARNING, lineno=10):
+    return logging.LogRecord("lib", level, "/site-packages/lib/x.py", lineno, message, (), None)
+
+
+def test_filter_drops_deprecation_notices_and_repeats_but_never_errors():
+    f = console.QuietFilter()
+    assert not f.filter(_record("`TensorInfo.dtype` is deprecated. Please change your code"))
+    assert not f.filter(_record("CounterV2 (from tf.data) is Deprecated and will be removed"))
+    assert f.filter(_record("dataset has 3 corrupt files"))
+    assert not f.filter(_record("dataset has 3 corrupt files"))  # shown once
+    assert f.filter(_record("dataset has 4 corrupt files"))  # another warning
+    assert f.filter(_record("x is deprecated", level=logging.ERROR))
+    assert f.filter(_record("x is deprecated", level=logging.ERROR))
+
+
+def test_quiet_by_default_and_verbosity_brings_info_back(restore_logging):
+    handler = restore_logging
+    with warnings.catch_warnings():
+        console.quiet()
+        assert absl_logging.get_verbosity() == absl_logging.WARNING
+        assert console._FILTER in handler.filters
+        with pytest.warns(UserWarning):  # real warnings still show
+            warnings.warn("real", UserWarning, stacklevel=1)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.warn("old api", DeprecationWarning, stacklevel=1)
+        assert not caught
+    assert os.environ[console.TF_LOG_LEVEL_VARIABLE]  # set before TensorFlow was imported
+
+    handler.filters[:] = []
+    console.quiet(0)
+    assert absl_logging.get_verbosity() == absl_logging.INFO
+    assert console._FILTER not in handler.filters
+    # A later plain call (common.train.main run by a paper table) keeps the explicit choice.
+    console.quiet()
+    assert absl_logging.get_verbosity() == absl_logging.INFO
