@@ -7,9 +7,11 @@ Paper scale (ImageNet; ResNet-50 or ViT-B/8):
     python -m common.train --config experiments/odin.py:imagenet,backbone=resnet50 --workdir ...
     python -m common.train --config experiments/odin.py:imagenet,backbone=vit_b8 --workdir ...
 
-Hyper-parameters. The paper's optimisation is not verified (METHODS.md §6.4): the `imagenet`
-variant takes DetCon_B's released recipe (LARS base LR 0.2, WD 1.5e-6, tau 0.996, 16 masks,
-temperature 0.1, batch 4096, 1000 epochs) for both backbones. Discovery options (mode, its EMA
+Hyper-parameters. The paper's optimisation is not verified (METHODS.md §6.4): with ResNet-50
+the `imagenet` variant takes DetCon_B's released recipe (LARS base LR 0.2, WD 1.5e-6, tau 0.996,
+16 masks, temperature 0.1, batch 4096, 1000 epochs) [CODE: detcon_b_config.py]; with ViT-B/8 the
+optimiser is the ViT preset `experiments/base.py` `VIT_OPTIMIZER` (MoCo v3's AdamW: LR 1.5e-4
+per 256, WD 0.1, 40 warm-up epochs) [CODE: facebookresearch/moco-v3], the rest as ResNet-50. Discovery options (mode, its EMA
 rate, K, k-means iterations, crop scale, resolution) are `method_kwargs` / `data` fields with
 the defaults documented in `odin/method.py` [DEFAULT].
 
@@ -19,7 +21,7 @@ that the evaluator follows it); its pictures (`<workdir>/pictures/discovery_<ste
 validation images every time) show the cycle at every `eval_every_steps`.
 """
 
-from experiments.base import base_config, parse_arg
+from experiments.base import base_config, parse_arg, set_backbone
 
 BACKBONES = ("resnet50", "vit_b8")
 
@@ -37,10 +39,10 @@ def get_config(arg: str | None = None):
     if args.variant == "imagenet":
         if args.backbone not in BACKBONES:
             raise ValueError(f"odin imagenet: backbone must be one of {BACKBONES}")
-        config.model.backbone = args.backbone
         config.num_epochs = args.epochs
         config.data.name = "imagenet2012"
-        config.optimizer.warmup_rule = "detcon"
+        config.optimizer.warmup_rule = "detcon"  # ResNet: DetCon_B's LARS recipe
+        set_backbone(config, args.backbone)  # ViT: AdamW (`base.VIT_OPTIMIZER`)
     else:
         # Discovery view at the views' 48 px (a 6x6 grid): a 64 px one (8x8) costs 1.8x a
         # view's forward pass. `--config.data.discovery_image_size=64` for a finer grid.
