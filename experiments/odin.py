@@ -11,9 +11,9 @@ Hyper-parameters. The paper's optimisation is not verified (METHODS.md §6.4): w
 the `imagenet` variant takes DetCon_B's released recipe (LARS base LR 0.2, WD 1.5e-6, tau 0.996,
 16 masks, temperature 0.1, batch 4096, 1000 epochs) [CODE: detcon_b_config.py]; with ViT-B/8 the
 optimiser is the ViT preset `experiments/base.py` `VIT_OPTIMIZER` (MoCo v3's AdamW: LR 1.5e-4
-per 256, WD 0.1, 40 warm-up epochs) [CODE: facebookresearch/moco-v3], the rest as ResNet-50. Discovery options (mode, its EMA
-rate, K, k-means iterations, crop scale, resolution) are `method_kwargs` / `data` fields with
-the defaults documented in `odin/method.py` [DEFAULT].
+per 256, WD 0.1, 40 warm-up epochs) [CODE: facebookresearch/moco-v3], the rest as ResNet-50.
+Discovery options (mode, its EMA rate, K, k-means iterations, crop scale, resolution) are
+`method_kwargs` / `data` fields with the defaults documented in `odin/method.py` [DEFAULT].
 
 Evaluation: the discovery evaluator scores the *discovery* network's k-means segments (the
 masks Odin trains on; choose the mode with `experiments/odin.py:local,discovery_mode=target` so
