@@ -57,7 +57,10 @@ def default_data_config() -> ml_collections.ConfigDict:
         different slice of a pod, or one process emulating two). A multiple of process_count.
       discovery_view: also emit Odin's discovery view `view0` (METHODS.md §6.3): a large crop
         of the image, never flipped, with its box `box0` (and `mask0` when there is a mask
-        source); the representation views stay crops of the whole image.
+        source).
+      views_in_discovery_crop: with `discovery_view`, cut both views (random resized crops of
+        `crop_scale` of the discovery crop's area) from inside the discovery crop, so that every
+        view pixel has a discovery id; False: crops of the whole image, as without Odin.
       discovery_crop_scale: (min, max) area fraction of the discovery crop [DEFAULT (0.5, 1)].
       discovery_image_size: side of `view0` (0: image_size); a larger view gives k-means a finer
         feature grid.
@@ -94,6 +97,7 @@ def default_data_config() -> ml_collections.ConfigDict:
             "build_if_missing": True,
             "num_shards": 0,
             "discovery_view": False,
+            "views_in_discovery_crop": True,
             "discovery_crop_scale": (0.5, 1.0),
             "discovery_image_size": 0,
             "void_label": void.DEFAULT,

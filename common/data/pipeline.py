@@ -86,14 +86,18 @@ def pretrain_dataset(
         image = source.decode("image", ex["image"])
         hw = tf.shape(image)[:2]
         ids = examples.image_ids(cfg, source, ex, hw)
-        out = examples.two_views(cfg, seeds, [image, image], [ids, ids], size)
         if cfg.discovery_view:
-            # Its own key (a fold_in, not a third split), so views 1 and 2 are the same with
-            # or without it.
+            # Its own key (a fold_in, not a third split), so views 1 and 2 draw the same
+            # numbers with or without it.
             discovery_seed = tf.random.experimental.stateless_fold_in(
                 seeds[0], stream.DISCOVERY_TAG
             )
-            out.update(examples.discovery_view(cfg, discovery_seed, image, ids))
+            window0 = examples.discovery_window(cfg, discovery_seed, image)
+            region = window0 if cfg.views_in_discovery_crop else None
+            out = examples.two_views(cfg, seeds, [image, image], [ids, ids], size, region)
+            out.update(examples.discovery_view(cfg, window0, image, ids))
+        else:
+            out = examples.two_views(cfg, seeds, [image, image], [ids, ids], size)
         out.update(label=examples.label_of(ex), index=index, _pos=pos)
         return out
 
