@@ -39,6 +39,36 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(out)
 
 
+# Optimiser of ViT backbones: MoCo v3's ViT recipe [CODE: facebookresearch/moco-v3 README, ViT-S/B
+# pretraining commands, and `main_moco.py`]: AdamW (PyTorch's default betas 0.9 / 0.999, weight
+# decay on every parameter), LR 1.5e-4 per 256 images (`init_lr = lr * batch / 256`: 2.4e-3 at
+# batch 4096), weight decay 0.1, 40 warm-up epochs, then a half-cosine to 0 - the schedule of
+# `common.optim.warmup_cosine_schedule`. Chosen over DINO's (LR 5e-4 per 256, weight decay 0.04
+# -> 0.4, 10 warm-up epochs) because MoCo v3 is, like Odin and DetCon, a contrastive method
+# trained at batch 4096. The ViT recipe of the Odin paper itself could not be read [UNVERIFIED].
+# Not reproduced: MoCo v3's frozen random patch projection (`--stop-grad-conv1`).
+VIT_OPTIMIZER = {
+    "name": "adamw",
+    "base_lr": 1.5e-4,
+    "weight_decay": 0.1,
+    "warmup_epochs": 40,
+    "warmup_steps": -1,
+    "warmup_rule": "epochs",
+}
+
+
+def set_backbone(config: ml_collections.ConfigDict, backbone: str) -> None:
+    """Sets `config.model.backbone`; a ViT (`vit_*`) also gets `VIT_OPTIMIZER`.
+
+    The LARS recipe of the ResNet configs is the BYOL/DetCon one; transformer SSL recipes use
+    AdamW with their own warm-up and weight decay, so every method offering `backbone=vit_*`
+    goes through here. Fields `--config.optimizer.*` still override the preset.
+    """
+    config.model.backbone = backbone
+    if backbone.startswith("vit_"):
+        config.optimizer.update(VIT_OPTIMIZER)
+
+
 def data_config(**overrides) -> ml_collections.ConfigDict:
     from common.data.config import default_data_config
 

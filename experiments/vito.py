@@ -12,9 +12,12 @@ Paper scale (ResNet-50, batch 4096, LARS; a video TFDS dataset, e.g. one written
     python -m common.train --config experiments/vito.py:videonet,dataset=NAME --workdir ...
 
 Unverified (docs/METHODS.md §7.7), each a config field with a [DEFAULT]:
-* temporal offset: uniform in `min_offset..max_offset` *frames* (`data.min_offset`,
-  `data.max_offset`; the pipeline counts frames, not seconds: at 25 fps the videonet default
-  of 1..50 frames is up to 2 s, the top of docs/METHODS.md's 0-2.5 s sweep);
+* temporal offset: in seconds on datasets that record a per-clip frame rate (`fps`, as
+  `common.data.folder_builders videos` writes): `data.min_offset_seconds..max_offset_seconds`,
+  default 0.04..2 s (1..50 frames at 25 fps; 2 s is near the top of docs/METHODS.md's 0-2.5 s
+  sweep); in frames otherwise (`data.min_offset..max_offset`: 1..8 for the local clips, which
+  record no rate), or with `data.offset_unit=frames` / the `min_offset`, `max_offset`
+  arguments;
 * crop scale: `data.crop_scale = (0.3, 1.0)` (BYOL's is (0.08, 1); VITO raises the minimum,
   value unverified, 0.2-0.4 plausible);
 * attention pooling: stages `stage3`, `stage4` (the paper's stages 4 and 5), hidden 512 (the
@@ -50,7 +53,8 @@ def get_config(arg: str | None = None):
         config.data.name = args.dataset or "videonet"
         config.data.num_examples = 0  # counted from the dataset by the trainer
         config.num_epochs = args.epochs
-        config.data.min_offset, config.data.max_offset = 1, 50
+        config.data.min_offset, config.data.max_offset = 1, 50  # datasets without a rate
+        config.data.min_offset_seconds, config.data.max_offset_seconds = 0.04, 2.0
         config.evals.monitor.dataset = "imagenet2012"
         from common.eval import evaluator_config
 
@@ -81,9 +85,10 @@ def get_config(arg: str | None = None):
     if args.method == "moclr":
         # The single-frame baseline: both views are crops of the same frame (offset 0).
         config.data.min_offset, config.data.max_offset = 0, 0
-    if args.min_offset >= 0:
-        config.data.min_offset = args.min_offset
+        config.data.offset_unit = "frames"
+    if args.min_offset >= 0:  # offsets given in frames: counted in frames
+        config.data.min_offset, config.data.offset_unit = args.min_offset, "frames"
     if args.max_offset >= 0:
-        config.data.max_offset = args.max_offset
+        config.data.max_offset, config.data.offset_unit = args.max_offset, "frames"
     config.lock()
     return config

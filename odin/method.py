@@ -12,12 +12,16 @@ jitted training step:
    l2-normalised and clustered per image by k-means (`common.kmeans`): K cluster ids on the
    discovery feature grid;
 3. the ids are transported into the two representation views through the crop boxes and flips
-   (`odin.transport`); view pixels outside the discovery crop get no id;
+   (`odin.transport`). The views are random crops of the discovery crop
+   (`data.views_in_discovery_crop=True`, the default: their masks differ from the discovery
+   masks only through cropping), so every view pixel has an id; with `False` they are crops of
+   the whole image and view pixels outside the discovery crop get no id;
 4. from there on DetCon_B unchanged: majority down-sampling, R ids sampled per view, mask
    pooling, `contrastive_detection_loss`.
 
-Options the paper does not pin down (docs/METHODS.md §6.2-6.3, §6.7) are `method_kwargs` with
-documented defaults [DEFAULT]:
+Options the paper text we could read does not pin down (docs/METHODS.md §6.2-6.3, §6.7; the source
+of each default is in experiments/odin.py) are `method_kwargs` with documented defaults
+[DEFAULT]:
 
 * `discovery_mode`: `ema` (its own EMA of the online network, `discovery_base_tau` with
   `discovery_tau_schedule` `constant` or BYOL's `cosine`), `target` (the target network serves

@@ -1,7 +1,8 @@
 """Mask transport: cluster ids on the discovery view's feature grid -> pixel ids of a view.
 
 Odin (docs/METHODS.md §6.3 step 4-5) clusters the discovery view and hands the clusters to the
-representation views, which are other crops (and flips) of the same image. The data pipeline
+representation views, which are crops (and flips) of the discovery crop by default
+(`data.views_in_discovery_crop`), or of the whole image. The data pipeline
 emits every view's crop box in the original image's normalised coordinates
 (`common.data.geometry.window_to_box`), so the transport is pure geometry, done on device:
 
@@ -10,7 +11,8 @@ emits every view's crop box in the original image's normalised coordinates
     discovery crop's coordinates through its box -> the grid cell (floor(y * h0), floor(x * w0))
     of the discovery feature map.
 
-A view pixel whose centre falls outside the discovery crop gets -1 (no id). This is the same
+A view pixel whose centre falls outside the discovery crop (only possible when the views are
+cut from the whole image) gets -1 (no id). This is the same
 sampling convention as the pipeline's nearest-neighbour `crop_resize_ids` (half-pixel centres),
 so a discovery map given at pixel resolution lands exactly where the pipeline would have put it
 (tested in tests/test_odin.py).

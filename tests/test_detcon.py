@@ -558,3 +558,23 @@ def test_detcon_s_loss_sharded_equals_single_device():
     np.testing.assert_allclose(float(got[0]), float(want[0]), rtol=1e-6)
     for a, b in zip(got[1], want[1]):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_detcon_s_imagenet_recipe_is_simclrs():
+    """DetCon_S's `imagenet` variant follows SimCLR's released recipe (experiments/detcon_s.py
+    names each source): 10 warm-up epochs whatever the budget (DetCon_B: epochs // 100),
+    2048 -> 128 projection, temperature 0.1, SimCLR's symmetric augmentation."""
+    from experiments import base, detcon_s
+
+    n = base.IMAGENET_TRAIN_EXAMPLES
+    config = detcon_s.get_config("imagenet,epochs=300")
+    assert train.warmup_steps_of(config, None) == 10 * n // 4096  # detcon's rule would be 938
+    assert train.warmup_steps_of(config, None) != 300 // 100 * n // 4096
+    assert (config.model.projector_hidden, config.model.projector_dim) == (2048, 128)
+    assert (config.optimizer.base_lr, config.optimizer.weight_decay) == (0.3, 1e-6)
+    assert config.loss.temperature == 0.1
+    assert (config.augment.view1, config.augment.view2) == ("simclr", "simclr")
+    lightly = detcon_s.get_config("imagenet,augment=lightly")
+    assert (lightly.augment.view1, lightly.augment.view2) == ("detcon_s_view1", "detcon_s_view2")
+    with pytest.raises(ValueError, match="augment must be one of"):
+        detcon_s.get_config("imagenet,augment=byol")

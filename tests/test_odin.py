@@ -4,7 +4,8 @@ the training step (tiny configs, tests/helpers.py).
 * transport: a discovery map of known geometry lands in the right pixels of a cropped, flipped
   view (against a per-pixel reference written out in numpy), and through the real pipeline a
   pixel-resolution map transported from `view0` into `view1` equals the pipeline's own crop of
-  the same map;
+  the same map, with the views cut inside the discovery crop (every view pixel gets an id) or
+  from the whole image (the fraction with an id under each option is printed);
 * the discovery network follows the online network as configured (`ema`, `copy`, `frozen`);
 * the step compiles once and its masks are the k-means clusters of the discovery network.
 (k-means itself: tests/test_kmeans.py, separated clusters and determinism for a key.)
@@ -78,12 +79,49 @@ def test_transport_of_known_geometry_matches_reference():
     assert got[1, 0, 0] == grid[2, 5] and got[1, 0, -1] == grid[2, 2]
 
 
-@pytest.fixture(scope="module")
-def discovery_batch(data_dir):
-    """A real pipeline batch with the discovery view and ground-truth ids in every view."""
-    config = helpers.tiny_config("odin", data_dir, **{"data.mask_source": "gt"})
+@pytest.fixture(scope="module", params=[True, False], ids=["views_in_crop", "views_in_image"])
+def discovery_batch(data_dir, request):
+    """A real pipeline batch with the discovery view and ground-truth ids in every view; the
+    views cut from inside the discovery crop (Odin's default) or from the whole image."""
+    config = helpers.tiny_config(
+        "odin", data_dir,
+        **{"data.mask_source": "gt", "data.views_in_discovery_crop": request.param},
+    )  # fmt: skip
     it = pipeline.make_pretrain_iterator(config.data, global_batch_size=16, seed=3)
     return next(it)
+
+
+def _view_pixels_with_id(root: str, views_in_crop: bool, n: int = 256) -> tuple[float, dict]:
+    """Fraction of view-1 pixels that receive a discovery id (the training metric
+    `view_pixels_with_id`) over `n` examples of the tiny Odin pipeline, and the batch."""
+    config = helpers.tiny_config("odin", root, **{"data.views_in_discovery_crop": views_in_crop})
+    b = next(pipeline.make_pretrain_iterator(config.data, global_batch_size=n, seed=5))
+    grid = jnp.zeros((n, 6, 6), jnp.int32)  # any ids: only the coverage counts
+    size = b["view1"].shape[1]
+    ids = transport_ids(
+        grid, jnp.asarray(b["box0"]), jnp.asarray(b["box1"]), jnp.asarray(b["flip1"]), size
+    )
+    return float(jnp.mean(ids >= 0)), b
+
+
+def test_fraction_of_view_pixels_with_an_id_under_each_view_option(data_dir):
+    """Views cut inside the discovery crop (the default, as the paper's summaries describe
+    Odin) give every view pixel a discovery id; views cut from the whole image leave a part of
+    each view outside the discovery crop, without an id. Prints both fractions."""
+    inside, b = _view_pixels_with_id(data_dir, True)
+    whole, _ = _view_pixels_with_id(data_dir, False)
+    print(f"\nview pixels with a discovery id: views in the discovery crop {inside:.4f}, "
+          f"views in the whole image {whole:.4f}")  # fmt: skip
+    assert inside == 1.0
+    assert 0.5 < whole < 0.97
+    # The boxes say the same: every view box lies inside its discovery box, and its area is a
+    # `crop_scale` fraction of the discovery crop's (up to pixel rounding).
+    b0, b1 = b["box0"], b["box1"]
+    eps = 1e-6
+    assert (b1[:, :2] >= b0[:, :2] - eps).all() and (b1[:, 2:] <= b0[:, 2:] + eps).all()
+    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])  # noqa: E731
+    frac = area(b1) / area(b0)
+    assert frac.max() <= 1.0 + eps and frac.min() >= 0.08 * 0.5
 
 
 def test_pipeline_discovery_view_is_a_large_unflipped_crop(discovery_batch):
@@ -178,9 +216,9 @@ def test_step_compiles_once_and_trains_on_discovered_masks(data_dir, tmp_path, m
     rows = [r for r in read_jsonl(str(tmp_path)) if "train/loss" in r]
     assert [r["step"] for r in rows] == list(range(1, 7))
     assert all(np.isfinite(r["train/loss"]) for r in rows)
-    # Discovery crops cover >= half the image, so most view pixels get an id, not all.
+    # The views are cut inside the discovery crop (the default): every view pixel has an id.
     frac = [r["train/view_pixels_with_id"] for r in rows]
-    assert all(0.2 < f <= 1.0 for f in frac), frac
+    assert all(f == 1.0 for f in frac), frac
     # K = 8 clusters on a 4x4 grid: several segments per view.
     assert all(r["train/segments_per_view"] >= 2 for r in rows)
 

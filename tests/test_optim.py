@@ -2,6 +2,7 @@
 
 import math
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -205,3 +206,41 @@ def test_ema_tau_and_update():
     new = optim.ema_update(target, online, 0.75)
     np.testing.assert_allclose(new["a"], [0.25, 1.0])
     np.testing.assert_allclose(new["b"]["c"], 2.5)
+
+
+def test_vit_backbones_get_the_adamw_preset_and_it_steps_as_written_out():
+    """`backbone=vit_*` (Odin, the one method offering it) trains with MoCo v3's AdamW recipe
+    (experiments/base.py `VIT_OPTIMIZER`); ResNet-50 keeps DetCon_B's LARS. The optimiser that
+    `train.build` makes from the preset, checked against AdamW written out: with the same
+    gradient g twice, Adam's bias-corrected moments are g and g^2, so the second update is
+    `-lr_1 * (g / (|g| + eps) + wd * w)` on every leaf (MoCo v3 decays biases too); the first is 0
+    (the warm-up starts at lr 0)."""
+    from common import train
+    from experiments import base, odin
+
+    n, batch = base.IMAGENET_TRAIN_EXAMPLES, 4096
+    vit = odin.get_config("imagenet,backbone=vit_b8")
+    assert (vit.optimizer.name, vit.optimizer.base_lr, vit.optimizer.weight_decay) == (
+        "adamw", 1.5e-4, 0.1,
+    )  # fmt: skip
+    assert train.warmup_steps_of(vit, None) == 40 * n // batch
+    resnet = odin.get_config("imagenet,backbone=resnet50")
+    assert resnet.optimizer.name == "lars"
+    assert train.warmup_steps_of(resnet, None) == optim.detcon_warmup_steps(1000, n, batch)
+
+    setup = train.build(vit)
+    warmup = 40 * n // batch
+    assert float(setup.learning_rate(warmup)) == pytest.approx(1.5e-4 * batch / 256, rel=1e-6)
+    params = {k: {kk: jnp.asarray(v) for kk, v in d.items()} for k, d in _params().items()
+              if k in ("Dense_0", "BatchNorm_0")}  # fmt: skip
+    grads = jax.tree_util.tree_map(lambda w: jnp.sin(3.0 * w) + 0.1, params)
+    state = setup.optimizer.init(params)
+    first, state = setup.optimizer.update(grads, state, params)
+    for leaf in jax.tree_util.tree_leaves(first):
+        np.testing.assert_array_equal(leaf, 0.0)
+    second, _ = setup.optimizer.update(grads, state, params)
+    lr1 = float(setup.learning_rate(1))
+    want = jax.tree_util.tree_map(
+        lambda g, w: -lr1 * (g / (jnp.abs(g) + 1e-8) + 0.1 * w), grads, params
+    )
+    chex.assert_trees_all_close(second, want, rtol=1e-5, atol=1e-12)

@@ -385,6 +385,54 @@ def test_video_pairs_from_tfds(data_dir):
     assert offsets == {2, 3}
 
 
+def _timed_clips(rates, frames=24):
+    """tf.data clips of `frames` frames with a per-clip `fps` feature (label = clip index)."""
+    clips = {
+        "video": np.zeros((len(rates), frames, 8, 8, 3), np.uint8),
+        "label": np.arange(len(rates), dtype=np.int64),
+        "fps": np.asarray(rates, np.float32),
+    }
+    return tf.data.Dataset.from_tensor_slices(clips)
+
+
+def _offsets(cfg, ds, steps=12):
+    seen = {}
+    for batch in take(pipeline.make_video_pair_iterator(cfg, global_batch_size=4, seed=1,
+                                                         dataset=ds), steps):  # fmt: skip
+        for c, t1, t2 in zip(batch["label"], batch["frame1"], batch["frame2"]):
+            seen.setdefault(int(c), set()).add(int(t2 - t1))
+    return seen
+
+
+def test_video_pair_offsets_in_seconds_follow_each_clips_frame_rate():
+    """(e) With a per-clip `fps` (`offset_unit=auto`, the default) offsets are drawn in seconds:
+    the frame offset of a clip at f fps lies in [ceil(0.2 f), floor(1.0 f)] and reaches both
+    ends; `offset_unit=frames` keeps `min_offset..max_offset` whatever the rate; `seconds` on a
+    dataset without a rate, and a rate that puts no whole frame in the range, are errors."""
+    rates = [5.0, 10.0, 20.0, 2.5]
+    ds = _timed_clips(rates)
+    cfg = dict(image_size=8, min_offset_seconds=0.2, max_offset_seconds=1.0, min_offset=1,
+               max_offset=3, crop_scale=(0.5, 1.0))  # fmt: skip
+    seen = _offsets(cfg, ds)
+    want = {0: (1, 5), 1: (2, 10), 2: (4, 20), 3: (1, 2)}  # 2.5 fps: ceil(0.5), floor(2.5)
+    for c, (lo, hi) in want.items():
+        assert min(seen[c]) >= lo and max(seen[c]) <= hi, (c, sorted(seen[c]))
+    assert {min(seen[3]), max(seen[3])} == {1, 2} and max(seen[2]) > 10  # the range scales
+    frames = _offsets({**cfg, "offset_unit": "frames"}, ds)
+    assert set().union(*frames.values()) == {1, 2, 3}
+    # A dataset without a rate: `auto` counts frames, `seconds` is refused.
+    no_rate = ds.map(lambda ex: {"video": ex["video"], "label": ex["label"]})
+    assert set().union(*_offsets(cfg, no_rate, 4).values()) <= {1, 2, 3}
+    with pytest.raises(ValueError, match="offset_unit='seconds'.*records no frame rate"):
+        pipeline.make_video_pair_iterator(
+            {**cfg, "offset_unit": "seconds"}, global_batch_size=4, seed=1, dataset=no_rate
+        )
+    # 1 fps: [0.2, 0.8] s holds no whole frame.
+    slow = _timed_clips([1.0] * 4)
+    with pytest.raises(iterators.BadRecordError, match="no whole frame offset"):
+        _offsets({**cfg, "max_offset_seconds": 0.8}, slow, 1)
+
+
 def test_video_pairs_never_cross_clips_and_resume():
     """(e) Clips of different lengths (2..7 frames) from a tf.data source: every pair is valid,
     short clips still give pairs, resume is exact."""

@@ -6,7 +6,8 @@ the training step (tiny configs, tests/helpers.py).
 * frame pairs: the trainer reads `video_pairs` when `data.kind` says so, offset 0 cuts both views
   from one frame; offsets limits and clip boundaries: tests/test_pipeline.py (test_video_pairs_*);
 * curation: the real Beam pipeline on a constructed dataset with a classifier whose predictions
-  are known keeps and drops the right videos, and writes them unchanged; a checkpoint of this
+  are known keeps and drops the right videos, and writes them unchanged; videos shorter than
+  `min_seconds` (frame count / fps) are dropped before the classifier; a checkpoint of this
   framework classifies through `CheckpointClassifier`;
 * label propagation: J = F = 1 for a perfect propagation, known values for a shifted mask;
 * a tiny `common.train.main` VITO run compiles its step once, logs per-scale losses, draws the
@@ -161,20 +162,26 @@ class PixelCodeClassifier:
         return np.round(frames.reshape(len(frames), -1).mean(-1) / CODE).astype(np.int32)
 
 
-def _make_videos(directory, name, videos):
+def _make_videos(directory, name, videos, fps=None):
+    """`videos`: (label, per-frame codes); `fps`: a per-video `fps` feature's values (None: the
+    dataset records no frame rate)."""
     import tensorflow_datasets as tfds
 
-    features = tfds.features.FeaturesDict(
-        {
-            "video": tfds.features.Video(shape=(None, 16, 16, 3)),
-            "label": tfds.features.ClassLabel(num_classes=12),
-        }
-    )
+    spec = {
+        "video": tfds.features.Video(shape=(None, 16, 16, 3)),
+        "label": tfds.features.ClassLabel(num_classes=12),
+    }
+    if fps is not None:
+        spec["fps"] = tfds.features.Scalar(dtype=np.float32)
+    features = tfds.features.FeaturesDict(spec)
 
     def examples():
         for i, (label, codes) in enumerate(videos):
             frames = np.stack([np.full((16, 16, 3), CODE * c, np.uint8) for c in codes])
-            yield i, {"video": frames, "label": label}
+            ex = {"video": frames, "label": label}
+            if fps is not None:
+                ex["fps"] = np.float32(fps[i])
+            yield i, ex
 
     tfds.dataset_builders.store_as_tfds_dataset(
         name=name, version="1.0.0", features=features, split_datasets={"train": examples()},
@@ -201,9 +208,12 @@ def test_curation_keeps_and_drops_the_right_videos(tmp_path):
 
     d = str(tmp_path / "tfds")
     _make_videos(d, "curate_test_videos", VIDEOS)
+    # This dataset records no frame rate: the 10 s rule cannot run, and says so.
+    with pytest.raises(ValueError, match="records no frame rate.*--fps.*--min_seconds 0"):
+        curate.curate("curate_test_videos", d, PixelCodeClassifier)
     report = curate.curate(
         "curate_test_videos", d, PixelCodeClassifier, num_frames=3, threshold=0.5,
-        records_per_shard=3, beam_pipeline_options="direct_num_workers=1",
+        min_seconds=0, records_per_shard=3, beam_pipeline_options="direct_num_workers=1",
         report_path=str(tmp_path / "report.json"),
     )  # fmt: skip
     want = [1.0, 2 / 3, 1 / 3, 0.0, 2 / 3, 1 / 3, 1.0]
@@ -213,7 +223,10 @@ def test_curation_keeps_and_drops_the_right_videos(tmp_path):
     assert [r["frames"] for r in rows] == [3] * 6 + [2]
     kept = [r["index"] for r in rows if r["kept"]]
     assert kept == [0, 1, 4, 6]
-    assert report["splits"] == {"train": {"kept": 4, "dropped": 3}}
+    assert report["splits"] == {
+        "train": {"kept": 4, "dropped": 3, "dropped_short": 0, "dropped_classifier": 3}
+    }
+    assert [r["seconds"] for r in rows] == [None] * 7
     with open(tmp_path / "report.json") as f:
         assert json.load(f)["videos"] == rows
 
@@ -230,6 +243,73 @@ def test_curation_keeps_and_drops_the_right_videos(tmp_path):
 
     with pytest.raises(ValueError, match="threshold must be in"):
         curate.curate("curate_test_videos", d, PixelCodeClassifier, threshold=1.5)
+
+
+# (label, per-frame classes, fps): lengths 10 s, 8 s, 12 s, 20 s with the recorded rates.
+TIMED_VIDEOS = [
+    (1, [1, 1, 1, 1], 0.4),  # 10 s, exactly min_seconds: classified, agreement 1, kept
+    (2, [2, 2, 2, 2], 0.5),  # 8 s: dropped as short although the classifier agrees
+    (3, [0, 0, 0], 0.25),  # 12 s: classified, agreement 0, dropped by the classifier
+    (4, [4, 4], 0.1),  # 20 s: kept
+]
+
+
+def test_curation_drops_short_videos_before_the_classifier(tmp_path):
+    """The length rule: frame count / fps < min_seconds -> dropped unclassified (no frames read,
+    agreement null), counted apart in the report; the rate comes from the per-video `fps`
+    feature, or from `fps=` overriding it."""
+    from vito import curate
+
+    d = str(tmp_path / "tfds")
+    _make_videos(
+        d, "curate_timed_videos", [v[:2] for v in TIMED_VIDEOS], fps=[v[2] for v in TIMED_VIDEOS]
+    )
+    common = dict(
+        num_frames=4, threshold=0.5, records_per_shard=2,
+        beam_pipeline_options="direct_num_workers=1",
+    )  # fmt: skip
+    report = curate.curate(
+        "curate_timed_videos", d, PixelCodeClassifier, report_path=str(tmp_path / "r1.json"),
+        **common,
+    )  # fmt: skip
+    rows = report["videos"]
+    np.testing.assert_allclose([r["seconds"] for r in rows], [10.0, 8.0, 12.0, 20.0])
+    assert [r["total_frames"] for r in rows] == [4, 4, 3, 2]
+    assert [r["short"] for r in rows] == [False, True, False, False]
+    assert [r["agreement"] for r in rows] == [1.0, None, 0.0, 1.0]
+    assert [r["frames"] for r in rows] == [4, 0, 3, 2]  # the short one is never decoded
+    assert [r["kept"] for r in rows] == [True, False, False, True]
+    assert report["min_seconds"] == 10.0 and report["fps_source"] == "feature 'fps'"
+    assert report["splits"]["train"] == {
+        "kept": 2, "dropped": 2, "dropped_short": 1, "dropped_classifier": 1,
+    }  # fmt: skip
+    assert report["output"].endswith("-s10")
+
+    # A stated rate replaces the recorded ones: at 0.2 fps the lengths are 20, 20, 15, 10 s.
+    report = curate.curate(
+        "curate_timed_videos", d, PixelCodeClassifier, fps=0.2, min_seconds=12,
+        report_path=str(tmp_path / "r2.json"), **common,
+    )  # fmt: skip
+    rows = report["videos"]
+    np.testing.assert_allclose([r["seconds"] for r in rows], [20.0, 20.0, 15.0, 10.0])
+    assert [r["kept"] for r in rows] == [True, True, False, False]
+    assert report["splits"]["train"]["dropped_short"] == 1
+    assert report["fps_source"] == "--fps 0.2"
+
+
+def test_video_length_needs_a_positive_frame_rate():
+    from vito import curate
+
+    job = curate.Job("", "video", "label", 4, None, min_seconds=10.0, fps_key="fps")
+    ex = {"video": np.zeros((30,), object), "fps": np.float32(3.0)}
+    assert curate.video_length(job, ex, "train-0") == (30, 3.0, 10.0)
+    with pytest.raises(ValueError, match="video train-1: frame rate 0 .*not positive"):
+        curate.video_length(job, {**ex, "fps": np.float32(0.0)}, "train-1")
+    # With the rule off an unknown rate only leaves the length unknown.
+    off = curate.Job("", "video", "label", 4, None, min_seconds=0.0, fps_key="fps")
+    assert curate.video_length(off, {**ex, "fps": np.float32(0.0)}, "train-1") == (30, None, None)
+    with pytest.raises(ValueError, match="--min_seconds must be >= 0"):
+        curate.curate("unused", "", PixelCodeClassifier, min_seconds=-1)
 
 
 def test_checkpoint_classifier_predicts_with_the_runs_linear_head(data_dir, tmp_path):

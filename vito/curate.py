@@ -2,28 +2,35 @@
 
     python -m vito.curate --dataset synthetic_videos --data_dir ~/tensorflow_datasets \\
         --config experiments/supervised.py:local --workdir workdirs/sup_local \\
-        [--split train,validation] [--num_frames 100] [--threshold 0.5] [--output_name NAME] \\
+        [--split train,validation] [--num_frames 100] [--threshold 0.5] [--min_seconds 10] \\
+        [--fps RATE] [--output_name NAME] \\
         [--beam_pipeline_options="direct_num_workers=0,direct_running_mode=multi_processing"]
 
-For every video of the source TFDS dataset, the classifier (a checkpoint of this framework: the
+First, videos shorter than `min_seconds` (default 10, the talk's VideoNet rule) are dropped:
+a video's length is its frame count over its frame rate, read from the dataset (a per-video
+`fps` feature, as `common.data.folder_builders videos` writes, or `info.metadata['fps']`) or
+given with `--fps`; a dataset that records no frame rate is an error unless `--fps` states it or
+`--min_seconds 0` turns the rule off. Short videos are not classified. Then, for every remaining
+video, the classifier (a checkpoint of this framework: the
 online network and its linear classifier head `params['classifier']`, trained alongside every
 run, e.g. the `supervised` baseline) predicts a class for each of the first `num_frames` frames;
 the video's *agreement* is the fraction of those frames whose prediction equals the video's
 label, and the video is kept when `agreement >= threshold`. Outputs:
 
 * the filtered dataset `<output_name>` (default `<dataset>_curated`, config
-  `t<threshold>-n<num_frames>`) in `data_dir`, with the source's features and splits and the
-  kept records copied unchanged (encoded frames are not re-encoded);
-* a JSON report (`<data_dir>/<output_name>_report.json` unless `--report`): the settings, the
-  number kept and dropped per split, and for every video its split, index, TFDS id, label,
-  agreement and decision.
+  `t<threshold>-n<num_frames>-s<min_seconds>`) in `data_dir`, with the source's features and
+  splits and the kept records copied unchanged (encoded frames are not re-encoded);
+* a JSON report (`<data_dir>/<output_name>_report.json` unless `--report`): the settings (with
+  `min_seconds` and where the frame rate came from), per split the number kept, dropped, and
+  dropped as too short or by the classifier, and for every video its split, index, TFDS id,
+  label, frame count, fps and length in seconds, agreement (null when too short) and decision.
 
 Deviation from the paper (docs/METHODS.md §7.4): VideoNet issues YouTube queries per ImageNet class
-and drops videos shorter than 10 s, then filters; there is no crawling here, the filter runs over
-an existing labelled video dataset (the label plays the query's role), and its threshold is
-unknown in the paper ([DEFAULT] 0.5). Classes are compared by index: the classifier's classes
-must be the dataset's (`num_classes` and order), or `--class_map` gives the dataset label ->
-classifier class as a JSON list.
+and drops videos shorter than 10 s, then filters; the length rule is reproduced, but there is no
+crawling here: the filter runs over an existing labelled video dataset (the label plays the
+query's role), and its threshold is unknown in the paper ([DEFAULT] 0.5). Classes are compared
+by index: the classifier's classes must be the dataset's (`num_classes` and order), or
+`--class_map` gives the dataset label -> classifier class as a JSON list.
 
 Both passes are Apache Beam pipelines (scoring: one work item per `records_per_shard` videos,
 each worker loading the classifier once; writing: TFDS's Beam support), run locally by the
@@ -52,6 +59,8 @@ from common.data.shards import Shard, plan_source_shards
 
 DEFAULT_THRESHOLD = 0.5  # [DEFAULT]: the paper's threshold is unknown
 DEFAULT_NUM_FRAMES = 100  # the talk: "the first 100 frames"
+DEFAULT_MIN_SECONDS = 10.0  # the talk: VideoNet drops videos shorter than 10 s
+FPS_FEATURE = "fps"  # per-video frame rate (common.data.folder_builders videos)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -182,6 +191,9 @@ class Job:
     label_key: str
     num_frames: int
     class_map: tuple[int, ...] | None  # dataset label -> classifier class
+    min_seconds: float = 0.0  # shorter videos are dropped unclassified (0: no length rule)
+    fps: float | None = None  # the dataset's frame rate (None: per video, `fps_key`)
+    fps_key: str | None = None  # per-video frame-rate feature
 
 
 def _source(job: Job) -> tfds.core.DatasetBuilder:
@@ -198,8 +210,34 @@ def first_frames(job: Job, video) -> np.ndarray:
     return np.asarray(video)
 
 
+def video_length(job: Job, ex: dict, tfds_id: str) -> tuple[int, float | None, float | None]:
+    """`(frame count, fps, seconds)` of a decoded-or-encoded example (fps None: not recorded).
+
+    Raises:
+      ValueError: the length rule is on and this video's frame rate is missing or not positive.
+    """
+    total = int(len(ex[job.video_key]))  # encoded videos: one bytes string per frame
+    fps = float(ex[job.fps_key]) if job.fps_key else job.fps
+    if fps is not None and fps <= 0:
+        if job.min_seconds > 0:
+            raise ValueError(
+                f"video {tfds_id}: frame rate {fps:g} in feature {job.fps_key!r} is not positive, "
+                "so its length in seconds is unknown (give --fps, or --min_seconds 0 to skip "
+                "the length rule)"
+            )
+        fps = None
+    return total, fps, (total / fps if fps else None)
+
+
+def is_short(seconds: float | None, min_seconds: float) -> bool:
+    """`seconds < min_seconds` (never with the rule off), up to float32 rounding of the rate:
+    frame rates are stored as float32 (4 frames at 0.4 fps read back as 9.99999985 s)."""
+    return min_seconds > 0 and seconds < min_seconds * (1.0 - 1e-6)
+
+
 def score_shard(job: Job, shard: Shard, classifier: Callable) -> Iterator[dict]:
-    """One row per video of the shard: split, index, tfds_id, label, frames, agreement."""
+    """One row per video of the shard: split, index, tfds_id, label, total_frames, fps, seconds,
+    short, frames (classified), agreement (None for a video dropped as too short)."""
     builder = _source(job)
     decoders = build_tools.skip_decoders(builder.info.features[job.video_key])
     ds = builder.as_dataset(
@@ -213,13 +251,25 @@ def score_shard(job: Job, shard: Shard, classifier: Callable) -> Iterator[dict]:
             raise ValueError(f"curation needs labels: the dataset has no {job.label_key!r}")
         label = int(ex[job.label_key])
         target = job.class_map[label] if job.class_map is not None else label
+        tfds_id = _text(ex["tfds_id"])
+        total, fps, seconds = video_length(job, ex, tfds_id)
+        row = {
+            "split": shard.split,
+            "index": shard.start + offset,
+            "tfds_id": tfds_id,
+            "label": label,
+            "total_frames": total,
+            "fps": fps,
+            "seconds": seconds,
+            "short": is_short(seconds, job.min_seconds),
+        }
+        if row["short"]:  # dropped before the classifier filter: never classified
+            yield {**row, "frames": 0, "agreement": None}
+            continue
         frames = first_frames(job, ex[job.video_key])
         predictions = np.asarray(classifier(frames))
         yield {
-            "split": shard.split,
-            "index": shard.start + offset,
-            "tfds_id": _text(ex["tfds_id"]),
-            "label": label,
+            **row,
             "frames": int(len(frames)),
             "agreement": float(np.mean(predictions == target)) if len(frames) else 0.0,
         }
@@ -336,6 +386,8 @@ def curate(
     splits: Sequence[str] | None = None,
     num_frames: int = DEFAULT_NUM_FRAMES,
     threshold: float = DEFAULT_THRESHOLD,
+    min_seconds: float = DEFAULT_MIN_SECONDS,
+    fps: float | None = None,
     video_key: str = "video",
     label_key: str = "label",
     class_map: Sequence[int] | None = None,
@@ -356,6 +408,10 @@ def curate(
       num_frames: the first frames of each video that are classified.
       threshold: keep a video when its agreement (fraction of frames predicted as its label)
         is >= threshold.
+      min_seconds: before the classifier, drop videos shorter than this many seconds (frame
+        count / fps); 0 turns the rule off.
+      fps: the source's frame rate, overriding what the dataset records (a per-video `fps`
+        feature or `info.metadata['fps']`); needed when it records none and min_seconds > 0.
       video_key, label_key: the source's video and label features.
       class_map: dataset label -> classifier class (default: the identity).
       output_name: the filtered dataset's name (default `<name>_curated`).
@@ -368,6 +424,10 @@ def curate(
         raise ValueError(f"--threshold must be in [0, 1], got {threshold}")
     if num_frames < 1:
         raise ValueError(f"--num_frames must be positive, got {num_frames}")
+    if min_seconds < 0:
+        raise ValueError(f"--min_seconds must be >= 0, got {min_seconds}")
+    if fps is not None and fps <= 0:
+        raise ValueError(f"--fps must be positive, got {fps}")
     source = build_tools.load_source(dataset, data_dir)
     features = source.info.features
     for key in (video_key, label_key):
@@ -375,6 +435,7 @@ def curate(
             raise ValueError(
                 f"{source.info.full_name} has no feature {key!r} (features: {list(features)})"
             )
+    fps, fps_key, fps_source = _frame_rate(source, fps, min_seconds)
     splits, shards = plan_source_shards(source, splits, records_per_shard)
     job = Job(
         source_dir=os.fspath(source.data_dir),
@@ -382,9 +443,12 @@ def curate(
         label_key=label_key,
         num_frames=int(num_frames),
         class_map=tuple(int(c) for c in class_map) if class_map is not None else None,
+        min_seconds=float(min_seconds),
+        fps=fps,
+        fps_key=fps_key,
     )
     name = output_name or f"{source.name}_curated"
-    config_name = f"t{threshold:g}-n{num_frames}".replace(".", "p")
+    config_name = f"t{threshold:g}-n{num_frames}-s{min_seconds:g}".replace(".", "p")
     build_tools.make_importable_by_workers()
     options = build_tools.beam_options(beam_pipeline_options)
     work = os.path.join(data_dir, "downloads", "curate_work", name, config_name)
@@ -392,15 +456,17 @@ def curate(
 
     rows = run_scoring(job, shards, classifier_factory, options, work)
     for row in rows:
-        row["kept"] = row["agreement"] >= threshold
+        row["kept"] = not row["short"] and row["agreement"] >= threshold
     kept = frozenset((r["split"], r["index"]) for r in rows if r["kept"])
-    summary = {
-        split: {
-            "kept": sum(r["kept"] for r in rows if r["split"] == split),
-            "dropped": sum(not r["kept"] for r in rows if r["split"] == split),
+    summary = {}
+    for split in splits:
+        mine = [r for r in rows if r["split"] == split]
+        summary[split] = {
+            "kept": sum(r["kept"] for r in mine),
+            "dropped": sum(not r["kept"] for r in mine),
+            "dropped_short": sum(r["short"] for r in mine),
+            "dropped_classifier": sum(not r["short"] and not r["kept"] for r in mine),
         }
-        for split in splits
-    }
     if not kept:
         logging.warning("curation kept no video: the filtered dataset is not written")
         out_builder = None
@@ -409,7 +475,8 @@ def curate(
             job, [s for s in shards if summary[s.split]["kept"]], kept, name=name,
             config_name=config_name, data_dir=data_dir, options=options,
             description=(
-                f"{source.info.full_name} curated: videos whose first {num_frames} frames "
+                f"{source.info.full_name} curated: videos of at least {min_seconds:g} s whose "
+                f"first {num_frames} frames "
                 f"{classifier_name or 'the classifier'} labels as the video's label in >= "
                 f"{threshold:g} of them (vito.curate)."
             ),
@@ -421,6 +488,8 @@ def curate(
         "classifier": classifier_name,
         "num_frames": int(num_frames),
         "threshold": float(threshold),
+        "min_seconds": float(min_seconds),
+        "fps_source": fps_source,
         "splits": summary,
         "videos": rows,
     }
@@ -429,6 +498,33 @@ def curate(
         json.dump(report, f, indent=1)
     report["report_path"] = report_path
     return report
+
+
+def _frame_rate(
+    source: tfds.core.DatasetBuilder, fps: float | None, min_seconds: float
+) -> tuple[float | None, str | None, str]:
+    """`(dataset fps, per-video fps feature, description)`: where video lengths come from.
+
+    Priority: the `--fps` override, a per-video `fps` feature, `info.metadata['fps']`.
+
+    Raises:
+      ValueError: min_seconds > 0 and the dataset records no frame rate.
+    """
+    if fps is not None:
+        return float(fps), None, f"--fps {fps:g}"
+    if FPS_FEATURE in source.info.features:
+        return None, FPS_FEATURE, f"feature {FPS_FEATURE!r}"
+    recorded = (source.info.metadata or {}).get("fps")
+    if isinstance(recorded, (int, float)) and not isinstance(recorded, bool) and recorded > 0:
+        return float(recorded), None, f"metadata fps {recorded:g}"
+    if min_seconds > 0:
+        raise ValueError(
+            f"{source.info.full_name} records no frame rate (no {FPS_FEATURE!r} feature, no "
+            f"positive info.metadata['fps']), so videos shorter than --min_seconds "
+            f"{min_seconds:g} cannot be found: give the rate with --fps, or --min_seconds 0 to "
+            "skip the length rule"
+        )
+    return None, None, "none (length rule off)"
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -444,6 +540,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--split", default="", help="comma-separated splits (default: all)")
     parser.add_argument("--num_frames", type=int, default=DEFAULT_NUM_FRAMES)
     parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
+    parser.add_argument(
+        "--min_seconds", type=float, default=DEFAULT_MIN_SECONDS,
+        help="drop videos shorter than this before the classifier (0: off)",
+    )  # fmt: skip
+    parser.add_argument("--fps", type=float, default=None, help="the source's frame rate")
     parser.add_argument("--image_size", type=int, default=0)
     parser.add_argument("--video_key", default="video")
     parser.add_argument("--label_key", default="label")
@@ -461,7 +562,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     report = curate(
         args.dataset, os.path.expanduser(args.data_dir), _Factory(factory),
         splits=[s for s in args.split.split(",") if s] or None, num_frames=args.num_frames,
-        threshold=args.threshold, video_key=args.video_key, label_key=args.label_key,
+        threshold=args.threshold, min_seconds=args.min_seconds, fps=args.fps,
+        video_key=args.video_key, label_key=args.label_key,
         class_map=json.loads(args.class_map) if args.class_map else None,
         output_name=args.output_name, report_path=args.report,
         records_per_shard=args.records_per_shard,
@@ -469,7 +571,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         classifier_name=f"{args.config} @ {args.workdir}",
     )  # fmt: skip
     for split, s in report["splits"].items():
-        print(f"{split}: kept {s['kept']}, dropped {s['dropped']}")
+        print(
+            f"{split}: kept {s['kept']}, dropped {s['dropped']} ({s['dropped_short']} shorter "
+            f"than {args.min_seconds:g} s, {s['dropped_classifier']} by the classifier)"
+        )
     print(f"filtered dataset: {report['output']} in {args.data_dir}")
     print(f"report: {report['report_path']}")
 

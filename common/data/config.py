@@ -17,6 +17,8 @@ from common.data import void
 
 MASK_SOURCES = ("none", "fh", "gt", "grid")
 EVAL_CROPS = ("center_crop", "resize_full")
+OFFSET_UNITS = ("auto", "seconds", "frames")
+FPS_FEATURE = "fps"  # a video's frame rate, float32 per clip (folder_builders videos)
 
 
 def default_data_config() -> ml_collections.ConfigDict:
@@ -47,8 +49,17 @@ def default_data_config() -> ml_collections.ConfigDict:
       kind: what the trainer reads: `images` (two views of one image,
         `make_pretrain_iterator`) or `video_pairs` (two frames of one clip,
         `make_video_pair_iterator`; VITO).
-      min_offset, max_offset: temporal offset range, in frames, of video frame pairs [DEFAULT];
-        `0, 0` cuts both views from the same frame (the single-frame baseline of VITO).
+      offset_unit: unit of the temporal offset between the two frames of a video pair:
+        `seconds` (`min/max_offset_seconds`, converted per clip with its `fps` feature),
+        `frames` (`min/max_offset`), or `auto` (default): seconds when the dataset records a
+        frame rate (a per-clip `fps` feature, as `folder_builders videos` writes), else frames.
+        In frames the meaning of an offset changes with each dataset's frame rate.
+      min_offset, max_offset: temporal offset range in frames [DEFAULT]; `0, 0` cuts both views
+        from the same frame (the single-frame baseline of VITO).
+      min_offset_seconds, max_offset_seconds: temporal offset range in seconds [DEFAULT 0.04,
+        2.0: 1..50 frames at 25 fps; docs/METHODS.md §7.3 suggests sweeping the maximum over
+        {0, 0.5, 1, 2.5} s]; per clip the offset is a whole number of frames in
+        `[ceil(min * fps), floor(max * fps)]`.
       video_key, video_mask_key: video features (`video` [T,H,W,3], `instance_masks` [T,H,W]).
       build_if_missing: let `common.data.loading.ensure_dataset` build an embedded dataset.
       num_shards: how many disjoint slices the training stream is made of (0: one per process).
@@ -57,7 +68,10 @@ def default_data_config() -> ml_collections.ConfigDict:
         different slice of a pod, or one process emulating two). A multiple of process_count.
       discovery_view: also emit Odin's discovery view `view0` (docs/METHODS.md §6.3): a large crop
         of the image, never flipped, with its box `box0` (and `mask0` when there is a mask
-        source); the representation views stay crops of the whole image.
+        source).
+      views_in_discovery_crop: with `discovery_view`, cut both views (random resized crops of
+        `crop_scale` of the discovery crop's area) from inside the discovery crop, so that every
+        view pixel has a discovery id; False: crops of the whole image, as without Odin.
       discovery_crop_scale: (min, max) area fraction of the discovery crop [DEFAULT (0.5, 1)].
       discovery_image_size: side of `view0` (0: image_size); a larger view gives k-means a finer
         feature grid.
@@ -87,13 +101,17 @@ def default_data_config() -> ml_collections.ConfigDict:
             "eval_crop": "center_crop",
             "eval_crop_padding": 32,
             "kind": "images",
+            "offset_unit": "auto",
             "min_offset": 1,
             "max_offset": 8,
+            "min_offset_seconds": 0.04,
+            "max_offset_seconds": 2.0,
             "video_key": "video",
             "video_mask_key": "instance_masks",
             "build_if_missing": True,
             "num_shards": 0,
             "discovery_view": False,
+            "views_in_discovery_crop": True,
             "discovery_crop_scale": (0.5, 1.0),
             "discovery_image_size": 0,
             "void_label": void.DEFAULT,
@@ -131,5 +149,12 @@ def resolve_config(data_config: Mapping[str, Any] | None) -> types.SimpleNamespa
     if not 0 <= c.min_offset <= c.max_offset:
         raise ValueError(
             f"need 0 <= data.min_offset <= data.max_offset, got {c.min_offset}, {c.max_offset}"
+        )
+    if c.offset_unit not in OFFSET_UNITS:
+        raise ValueError(f"data.offset_unit must be one of {OFFSET_UNITS}, got {c.offset_unit!r}")
+    if not 0 <= c.min_offset_seconds <= c.max_offset_seconds:
+        raise ValueError(
+            "need 0 <= data.min_offset_seconds <= data.max_offset_seconds, got "
+            f"{c.min_offset_seconds}, {c.max_offset_seconds}"
         )
     return c

@@ -60,6 +60,7 @@ def two_views(
     images: Sequence[tf.Tensor],
     ids: Sequence[tf.Tensor | None],
     image_size: int,
+    region: tf.Tensor | None = None,
 ) -> dict[str, tf.Tensor]:
     """Two random resized crops (+ flips) of `images[v]`, with the same geometry for `ids[v]`.
 
@@ -69,17 +70,24 @@ def two_views(
       images: two uint8 `[H, W, 3]` images (the same image twice, or two frames).
       ids: two int32 `[H, W]` id maps, or Nones.
       image_size: S.
+      region: int32 window `(y0, x0, h, w)` of the images the crops are drawn inside (crop
+        areas are fractions of its area); None: the whole image.
 
     Returns:
-      `view{v}` float32 `[S, S, 3]`, `box{v}` float32 `[4]`, `flip{v}` int32 `[]`, and
-      `mask{v}` int32 `[S, S]` when ids are given, for v = 1, 2.
+      `view{v}` float32 `[S, S, 3]`, `box{v}` float32 `[4]` (in the whole image), `flip{v}`
+      int32 `[]`, and `mask{v}` int32 `[S, S]` when ids are given, for v = 1, 2.
     """
     out = {}
     for v in range(2):
         image = images[v]
         h, w = tf.shape(image)[0], tf.shape(image)[1]
         u = tf.random.stateless_uniform([5], seeds[v])
-        window = geometry.sample_crop_window(u[:4], h, w, cfg.crop_scale, cfg.crop_ratio)
+        if region is None:
+            window = geometry.sample_crop_window(u[:4], h, w, cfg.crop_scale, cfg.crop_ratio)
+        else:  # a window of the region, moved to image coordinates
+            window = geometry.sample_crop_window(
+                u[:4], region[2], region[3], cfg.crop_scale, cfg.crop_ratio
+            ) + tf.stack([region[0], region[1], 0, 0])
         flip = u[4] < 0.5 if cfg.flip else tf.constant(False)
         name = str(v + 1)
         out["view" + name] = geometry.crop_resize_image(image, window, flip, image_size)
@@ -90,10 +98,18 @@ def two_views(
     return out
 
 
+def discovery_window(cfg: types.SimpleNamespace, seed: tf.Tensor, image: tf.Tensor) -> tf.Tensor:
+    """int32 `(y0, x0, h, w)` of Odin's discovery crop (`discovery_crop_scale` of the area)."""
+    h, w = tf.shape(image)[0], tf.shape(image)[1]
+    u = tf.random.stateless_uniform([4], seed)
+    return geometry.sample_crop_window(u, h, w, cfg.discovery_crop_scale, cfg.crop_ratio)
+
+
 def discovery_view(
-    cfg: types.SimpleNamespace, seed: tf.Tensor, image: tf.Tensor, ids: tf.Tensor | None
+    cfg: types.SimpleNamespace, window: tf.Tensor, image: tf.Tensor, ids: tf.Tensor | None
 ) -> dict[str, tf.Tensor]:
-    """Odin's discovery view: a large crop, no flip, no photometric change (docs/METHODS.md §6.3).
+    """Odin's discovery view of `window` (`discovery_window`): no flip, no photometric change
+    (docs/METHODS.md §6.3).
 
     Returns:
       `view0` float32 `[S0, S0, 3]`, `box0` float32 `[4]`, `flip0` int32 `[]` (always 0), and
@@ -101,8 +117,6 @@ def discovery_view(
     """
     size = int(cfg.discovery_image_size) or int(cfg.image_size)
     h, w = tf.shape(image)[0], tf.shape(image)[1]
-    u = tf.random.stateless_uniform([4], seed)
-    window = geometry.sample_crop_window(u, h, w, cfg.discovery_crop_scale, cfg.crop_ratio)
     no_flip = tf.constant(False)
     out = {
         "view0": geometry.crop_resize_image(image, window, no_flip, size),

@@ -25,7 +25,7 @@ from typing import Any
 import tensorflow as tf
 
 from common.data import examples, geometry, stream
-from common.data.config import resolve_config
+from common.data.config import FPS_FEATURE, resolve_config
 from common.data.iterators import ConcatIterator, DataIterator, make_diagnose
 from common.data.sources import Source, open_source
 from common.data.stream import StreamSpec
@@ -86,14 +86,18 @@ def pretrain_dataset(
         image = source.decode("image", ex["image"])
         hw = tf.shape(image)[:2]
         ids = examples.image_ids(cfg, source, ex, hw)
-        out = examples.two_views(cfg, seeds, [image, image], [ids, ids], size)
         if cfg.discovery_view:
-            # Its own key (a fold_in, not a third split), so views 1 and 2 are the same with
-            # or without it.
+            # Its own key (a fold_in, not a third split), so views 1 and 2 draw the same
+            # numbers with or without it.
             discovery_seed = tf.random.experimental.stateless_fold_in(
                 seeds[0], stream.DISCOVERY_TAG
             )
-            out.update(examples.discovery_view(cfg, discovery_seed, image, ids))
+            window0 = examples.discovery_window(cfg, discovery_seed, image)
+            region = window0 if cfg.views_in_discovery_crop else None
+            out = examples.two_views(cfg, seeds, [image, image], [ids, ids], size, region)
+            out.update(examples.discovery_view(cfg, window0, image, ids))
+        else:
+            out = examples.two_views(cfg, seeds, [image, image], [ids, ids], size)
         out.update(label=examples.label_of(ex), index=index, _pos=pos)
         return out
 
@@ -118,9 +122,12 @@ def video_pair_dataset(
     """Two frames of one clip, each with its own random resized crop and flip (VITO,
     docs/METHODS.md §7.3).
 
-    The temporal offset `d = frame2 - frame1` is uniform on `[min_offset, min(max_offset,
-    T - 1)]` and `frame1` uniform on `[0, T - 1 - d]`, so both frames lie in the clip; a clip
-    with fewer than `min_offset + 1` frames is a bad record. Only the two frames are decoded.
+    The temporal offset `d = frame2 - frame1` is uniform on `[lo, min(hi, T - 1)]` and
+    `frame1` uniform on `[0, T - 1 - d]`, so both frames lie in the clip; `lo, hi` are
+    `min_offset, max_offset` frames, or, with offsets in seconds (`offset_unit`, see
+    `offset_in_seconds`), `ceil(min_offset_seconds * fps), floor(max_offset_seconds * fps)`
+    with the clip's own `fps`. A clip with fewer than `lo + 1` frames, or whose frame rate puts
+    no whole frame in the seconds range, is a bad record. Only the two frames are decoded.
 
     The dataset has `video` uint8 `[T, H, W, 3]` (or `[T]` encoded frames), optionally
     `instance_masks` `[T, H, W]` and `label`.
@@ -132,14 +139,34 @@ def video_pair_dataset(
     cfg = resolve_config(data_config)
     mask_key = examples.required_mask_feature(cfg, video=True)
     vkey = cfg.video_key
-    wanted = [vkey, "label"] + ([mask_key] if mask_key else [])
+    wanted = [vkey, "label", FPS_FEATURE] + ([mask_key] if mask_key else [])
     source = _open(cfg, spec, wanted)
     source.require([vkey, mask_key], cfg)
     aug_seed = stream.seed_pair(spec.seed, stream.AUGMENT_TAG)
     size = int(cfg.image_size)
-    lo, hi = int(cfg.min_offset), int(cfg.max_offset)
-    if lo < 0 or hi < lo:
-        raise ValueError(f"data.min_offset, max_offset: need 0 <= min <= max, got {lo}, {hi}")
+    seconds = offset_in_seconds(cfg, source)
+    lo_s, hi_s = float(cfg.min_offset_seconds), float(cfg.max_offset_seconds)
+
+    def offset_range(ex):
+        """int32 `(lo, hi)` frame offsets of this clip, and the assertion that they exist."""
+        if not seconds:
+            lo, hi = tf.constant(int(cfg.min_offset)), tf.constant(int(cfg.max_offset))
+            return lo, hi, tf.no_op()
+        fps = tf.cast(ex[FPS_FEATURE], tf.float32)
+        # A tolerance of 1e-3 frame absorbs float32 rates (25 fps x 0.04 s = 1.0000001).
+        lo = tf.cast(tf.math.ceil(lo_s * fps - 1e-3), tf.int32)
+        hi = tf.cast(tf.math.floor(hi_s * fps + 1e-3), tf.int32)
+        ok = tf.debugging.Assert(
+            (fps > 0) & (hi >= lo),
+            [
+                f"bad record: no whole frame offset in [{lo_s:g}, {hi_s:g}] s at the clip's "
+                "frame rate (set data.offset_unit=frames, or widen the range); record",
+                ex["_key"],
+                "fps",
+                fps,
+            ],
+        )
+        return lo, hi, ok
 
     def fn(pos, ex):
         index = spec.global_index(pos)
@@ -148,16 +175,19 @@ def video_pair_dataset(
         )
         video = ex[vkey]
         t = tf.shape(video)[0]
+        lo, hi, rate_ok = offset_range(ex)
         check = tf.debugging.Assert(
             t - 1 >= lo,
             [
-                f"bad record: clip shorter than min_offset + 1 = {lo + 1} frames; record",
+                "bad record: clip shorter than the smallest offset + 1 frames; record",
                 ex["_key"],
                 "frames",
                 t,
+                "smallest offset",
+                lo,
             ],
         )
-        with tf.control_dependencies([check]):
+        with tf.control_dependencies([rate_ok, check]):
             u = tf.random.stateless_uniform([2], seeds[2])
         top = tf.minimum(hi, t - 1)
         d = tf.minimum(lo + tf.cast(u[0] * tf.cast(top - lo + 1, tf.float32), tf.int32), top)
@@ -185,6 +215,23 @@ def video_pair_dataset(
 
 # ---------------------------------------------------------------------------------------------
 # Evaluation.
+
+
+def offset_in_seconds(cfg: types.SimpleNamespace, source: Source) -> bool:
+    """Whether video-pair offsets are counted in seconds (`data.offset_unit`, see
+    `common.data.config`): `seconds`, or `auto` on a dataset with a per-clip `fps` feature.
+
+    Raises:
+      ValueError: `offset_unit=seconds` on a dataset that records no frame rate.
+    """
+    has_rate = FPS_FEATURE in source.features
+    if cfg.offset_unit == "seconds" and not has_rate:
+        raise ValueError(
+            f"data.offset_unit='seconds': dataset {cfg.name!r} records no frame rate (no "
+            f"{FPS_FEATURE!r} feature; it has {sorted(source.features)}); use offset_unit='frames' "
+            "(data.min_offset / max_offset) or a dataset with the rate"
+        )
+    return cfg.offset_unit == "seconds" or (cfg.offset_unit == "auto" and has_rate)
 
 
 def make_eval_iterator(
