@@ -59,6 +59,10 @@ def base_config(method: str, variant: str) -> ml_collections.ConfigDict:
     c.eval_every_steps = 0  # 0: evaluate at the end only
     c.pictures_every_steps = 0  # 0: no pictures during training
     c.checkpoint = ml_collections.ConfigDict({"every_steps": 100, "keep": 3})
+    # The training loop (common/train.py): global batches staged on the devices ahead of their
+    # step, and `sync_every_step` to make the host wait for every step (only to measure what the
+    # overlap gains; `--config.loop.prefetch=0 --config.loop.sync_every_step=True`).
+    c.loop = ml_collections.ConfigDict({"prefetch": 2, "sync_every_step": False})
     c.ema = ml_collections.ConfigDict({"base_tau": 0.996, "init": "independent"})
     c.loss = ml_collections.ConfigDict({"temperature": 0.1})
     c.augment = ml_collections.ConfigDict({"view1": "byol_view1", "view2": "byol_view2"})
