@@ -8,12 +8,18 @@ test_multiprocess.py.
 
 from __future__ import annotations
 
+import os
+import signal
+
 import jax
+import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from jax.sharding import Mesh
 
-from common import train
+from common import metrics, train
+from common.method import get_method
 from tests import helpers
 from tests.test_train import data_dir  # noqa: F401  (session fixture)
 
@@ -100,3 +106,94 @@ def test_host_runs_ahead_of_the_device(data_dir, tmp_path, monkeypatch, one_devi
     # waits for every step would show `ready` every time.
     assert sum(not r for r in ahead) >= 0.75 * len(ahead), overlapped.requests
     assert blocking.requests and all(r for _, r in blocking.requests), blocking.requests
+
+
+def _saved_states(workdir: str) -> dict[int, dict[str, np.ndarray]]:
+    """{step: {path: array}} of every checkpoint in `workdir`, the whole train state."""
+    manager = ocp.CheckpointManager(
+        os.path.join(workdir, "checkpoints"),
+        item_handlers={"state": ocp.StandardCheckpointHandler()},
+    )
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    out = {}
+    for step in manager.all_steps():
+        target = jax.tree_util.tree_map(
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+            manager.item_metadata(step)["state"],
+        )
+        state = manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
+        )["state"]
+        flat = jax.tree_util.tree_flatten_with_path(state)[0]
+        out[step] = {jax.tree_util.keystr(p): np.asarray(v) for p, v in flat}
+    manager.close()
+    return out
+
+
+def test_nan_stops_the_run_before_it_reaches_a_checkpoint(data_dir, tmp_path, monkeypatch, one_device):  # noqa: F811,E501
+    """The loss turns NaN at step 5, between two logging steps (3, 6) and just after a
+    checkpoint (4): the run stops with NonFiniteError naming step 5 when the host next reads a
+    step (6, which would have been logged and saved), and nothing non-finite is saved."""
+    nan_at = 5
+    byol = get_method("byol")
+
+    class NanAtStep(byol):
+        def loss(self, nets, batch, rng, step):
+            loss, aux = byol.loss(self, nets, batch, rng, step)
+            # A factor, not a replacement, so the gradients and the parameters turn NaN too.
+            return loss * jnp.where(step + 1 == nan_at, jnp.nan, 1.0), aux
+
+    monkeypatch.setattr(train, "get_method", lambda name: NanAtStep)
+    workdir = str(tmp_path)
+    config = helpers.tiny_config(
+        "byol", data_dir, total_steps=8, log_every_steps=3, **{"checkpoint.every_steps": 2}
+    )
+    with pytest.raises(metrics.NonFiniteError) as error:
+        train.main(config, workdir)
+    message = str(error.value)
+    assert "at step 5 (found when the host read step 6)" in message, message
+    assert f"last good checkpoint: step 4 in {os.path.join(workdir, 'checkpoints')}" in message
+
+    saved = _saved_states(workdir)
+    assert sorted(saved) == [2, 4]
+    for step, arrays in saved.items():
+        bad = [k for k, v in arrays.items() if not np.all(np.isfinite(v))]
+        assert not bad, (step, bad)
+    logged = [r["step"] for r in metrics.read_jsonl(workdir) if "train/loss" in r]
+    assert logged == [3]
+
+
+def test_step_compiles_once_over_evaluation_and_an_in_process_resume(data_dir, tmp_path, monkeypatch, one_device):  # noqa: F811,E501
+    """XLA compilations of the step, counted by JAX's compile events (each executable built,
+    from the persistent cache or not), over a run that evaluates every 2 steps, is preempted
+    (SIGTERM) after step 4 and resumed by a second `main` in the same process: one."""
+    compiled: list[str] = []
+
+    def listener(event, duration, **kwargs):
+        del duration
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiled.append(kwargs.get("fun_name", ""))
+
+    def preempt(dispatched):  # the host asks for batch 5 once step 3 is dispatched
+        if dispatched == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    workdir = str(tmp_path)
+    config = helpers.tiny_config("byol", data_dir, total_steps=6, eval_every_steps=2)
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        with monkeypatch.context() as patch:
+            _Recorder(patch, on_request=preempt)
+            with pytest.raises(SystemExit) as exit_:
+                train.main(config, workdir)
+        assert exit_.value.code == 0
+        assert sorted(_saved_states(workdir)) == [2, 4]
+        train.main(config, workdir)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+
+    rows = metrics.read_jsonl(workdir)
+    assert [r["step"] for r in rows if "train/loss" in r] == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in rows if "eval/monitor/top1" in r] == [2, 4, 6]
+    steps = [name for name in compiled if "train_step_with_health" in name]
+    assert len(steps) == 1, compiled
