@@ -106,6 +106,12 @@ def base_config(method: str, variant: str) -> ml_collections.ConfigDict:
         c.data = data_config(
             name="imagenet2012", split="train", image_size=224, num_examples=IMAGENET_TRAIN_EXAMPLES
         )
+        # Precision: DeepMind's released BYOL and DetCon have no bfloat16 cast (float32 arrays,
+        # whose convolutions XLA:TPU runs at its default precision: bfloat16 multiplies, float32
+        # sums). Ours computes convolutions and matmuls in bfloat16 on every accelerator (GPUs
+        # run float32 convolutions in float32 or TF32, not bfloat16), with parameters, optimiser
+        # state, BatchNorm statistics, losses and the EMA in float32 (tests/test_bf16.py).
+        # Paper-faithful: --config.compute_dtype=float32.
         c.compute_dtype = "bfloat16"
         c.log_every_steps = 100
         c.checkpoint.every_steps = 1000
