@@ -12,7 +12,6 @@ import pytest
 
 from common import train
 from tests import helpers
-from tests.test_train import data_dir  # noqa: F401  (session fixture)
 
 
 def _flat(tree) -> dict[str, np.ndarray]:
@@ -34,7 +33,7 @@ def _updates(new, old) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.parametrize("experiment", ["byol", "detcon_b"])
-def test_bf16_step_keeps_float32_state_and_matches_the_float32_step(experiment, data_dir):  # noqa: F811
+def test_bf16_step_keeps_float32_state_and_matches_the_float32_step(experiment, data_dir):
     # No warm-up: the first step's learning rate is the peak, so its updates are not zero.
     f32 = helpers.tiny_config(experiment, data_dir, **{"optimizer.warmup_steps": 0})
     bf16 = helpers.tiny_config(

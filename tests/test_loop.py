@@ -21,7 +21,6 @@ from jax.sharding import Mesh
 from common import metrics, train
 from common.method import get_method
 from tests import helpers
-from tests.test_train import data_dir  # noqa: F401  (session fixture)
 
 
 @pytest.fixture
@@ -85,7 +84,7 @@ RUN_AHEAD = {"batch_size": 32, "total_steps": 8, "log_every_steps": 3,
              "checkpoint.every_steps": 1000}  # fmt: skip
 
 
-def test_host_runs_ahead_of_the_device(data_dir, tmp_path, monkeypatch, one_device):  # noqa: F811
+def test_host_runs_ahead_of_the_device(data_dir, tmp_path, monkeypatch, one_device):
     """Between logging steps the host asks for the next batch while the last dispatched step is
     still running; with `loop.sync_every_step` (the loop before) it never does."""
     with monkeypatch.context() as patch:
@@ -130,7 +129,9 @@ def _saved_states(workdir: str) -> dict[int, dict[str, np.ndarray]]:
     return out
 
 
-def test_nan_stops_the_run_before_it_reaches_a_checkpoint(data_dir, tmp_path, monkeypatch, one_device):  # noqa: F811,E501
+def test_nan_stops_the_run_before_it_reaches_a_checkpoint(
+    data_dir, tmp_path, monkeypatch, one_device
+):
     """The loss turns NaN at step 5, between two logging steps (3, 6) and just after a
     checkpoint (4): the run stops with NonFiniteError naming step 5 when the host next reads a
     step (6, which would have been logged and saved), and nothing non-finite is saved."""
@@ -163,7 +164,9 @@ def test_nan_stops_the_run_before_it_reaches_a_checkpoint(data_dir, tmp_path, mo
     assert logged == [3]
 
 
-def test_step_compiles_once_over_evaluation_and_an_in_process_resume(data_dir, tmp_path, monkeypatch, one_device):  # noqa: F811,E501
+def test_step_compiles_once_over_evaluation_and_an_in_process_resume(
+    data_dir, tmp_path, monkeypatch, one_device
+):
     """XLA compilations of the step, counted by JAX's compile events (each executable built,
     from the persistent cache or not), over a run that evaluates every 2 steps, is preempted
     (SIGTERM) after step 4 and resumed by a second `main` in the same process: one."""
