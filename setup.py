@@ -4,8 +4,13 @@ import setuptools
 
 # Minor versions are pinned: DeepMind's own releases stopped running on current JAX because
 # nothing was pinned (jax.tree_map, jax.tree_multimap, device_put_sharded are gone).
+# One JAX version for every platform: jaxlib carries the CPU backend; the `tpu` and `cuda12`
+# extras add libtpu or the CUDA plugin through JAX's own extras at the same version
+# (tests/test_setup.py checks that they agree).
+JAX = "==0.10.*"
 INSTALL_REQUIRES = [
-    "jax[cpu]==0.10.*",
+    f"jax{JAX}",
+    f"jaxlib{JAX}",
     "flax==0.12.*",
     "optax==0.2.*",
     "chex==0.1.*",
@@ -43,6 +48,10 @@ EXTRAS["all"] = sorted({dep for deps in EXTRAS.values() for dep in deps})
 # Not in `all` (CI does not install it): torch and torchvision for `common.export`'s torch
 # tests (`python -m pytest -q -m torch tests/test_export.py`); the export itself needs neither.
 EXTRAS["torch"] = ["torch==2.13.0", "torchvision==0.28.0"]
+# Accelerators, not in `all` either: `pip install -e ".[tpu]"` on a TPU VM,
+# `pip install -e ".[cuda12]"` on an NVIDIA GPU machine (docs/scale.md).
+EXTRAS["tpu"] = [f"jax[tpu]{JAX}"]
+EXTRAS["cuda12"] = [f"jax[cuda12]{JAX}"]
 
 setuptools.setup(
     name="detcon-odin-vito",

@@ -14,11 +14,18 @@ Guarantees a long pod job relies on:
   (seed, step), so a run resumed from a checkpoint computes exactly what the uninterrupted run
   would have;
 * SIGTERM (preemption) writes a checkpoint of the last completed step and exits cleanly;
-  NaN/inf stops the run before anything non-finite is saved.
+  NaN/inf stops the run before anything non-finite is saved;
+* the host never waits for the devices between two steps except where it must: the step's
+  finite flag and metrics are device values read on logging steps only, one step late (while the
+  next step runs), and before anything that reads the state (checkpoint, evaluation, pictures);
+  the next `loop.prefetch` global batches are already on the devices when a step is dispatched.
+  A NaN between two logging steps is recorded on device (`Health`), so it still stops the run,
+  naming its step, before any checkpoint of a non-finite state.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import json
@@ -75,6 +82,7 @@ class Setup:
     optimizer: optax.GradientTransformation
     learning_rate: Callable[[jax.Array], jax.Array]
     total_steps: int
+    num_examples: int | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -125,6 +133,7 @@ def build(config: ml_collections.ConfigDict, num_examples: int | None = None) ->
         optimizer=tx,
         learning_rate=lr,
         total_steps=total,
+        num_examples=num_examples,
     )
 
 
@@ -233,15 +242,17 @@ def train_step(
         taus[f"tau_{ema}"] = tau
 
     grad_norm = metrics.global_norm(grads)
+    param_norm = metrics.global_norm(params)
     step_metrics = {
         "loss": loss,
         "monitor_loss": monitor_loss,
         "monitor_top1": top1,
         "learning_rate": setup.learning_rate(state.step),
         "grad_norm": grad_norm,
-        "param_norm": metrics.global_norm(params),
+        "param_norm": param_norm,
         "update_norm": metrics.global_norm(updates),
-        "finite": jnp.isfinite(loss) & jnp.isfinite(grad_norm),
+        # The new parameters too: an update can overflow where the loss and gradients did not.
+        "finite": jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(param_norm),
         **taus,
         **metrics.collapse_metrics(aux["projection"]),
         **aux.get("metrics", {}),
@@ -254,6 +265,70 @@ def train_step(
         opt_state=opt_state,
     )
     return new_state, step_metrics
+
+
+@flax.struct.dataclass
+class Health:
+    """The finiteness of every step since the run (or its resumption) started, kept on device so
+    that the host reads it only when it must (a logging step, before a checkpoint).
+
+    Attributes:
+      finite: bool scalar, True while every step's loss, gradients and parameters were finite.
+      first_nonfinite_step: int32 scalar, the first step that was not (-1 while `finite`).
+    """
+
+    finite: jax.Array
+    first_nonfinite_step: jax.Array
+
+
+def healthy(sharding: NamedSharding) -> Health:
+    """A `Health` of no steps yet, placed like the step's outputs (so the first call compiles the
+    same program as the later ones)."""
+    return jax.device_put(Health(jnp.array(True), jnp.array(-1, jnp.int32)), sharding)
+
+
+def train_step_with_health(
+    setup: Setup, state: TrainState, batch: Mapping[str, jax.Array], health: Health
+) -> tuple[TrainState, dict[str, jax.Array], Health]:
+    """`train_step`, and `health` updated with its finite flag (the loop's jitted function)."""
+    step = state.step + 1
+    state, step_metrics = train_step(setup, state, batch)
+    ok = step_metrics["finite"]
+    first = jnp.where(health.finite & ~ok, step, health.first_nonfinite_step)
+    return state, step_metrics, Health(health.finite & ok, first.astype(jnp.int32))
+
+
+# Jitted steps of this process by what determines their program, newest last: a run resumed in
+# the same process (the paper tables, a notebook) reuses the compiled step instead of compiling
+# it again. The step function and the method class are part of the key, so a patched one (tests)
+# never reuses another's program.
+_STEP_FNS: collections.OrderedDict = collections.OrderedDict()
+_STEP_FNS_KEPT = 2
+
+
+def make_step_fn(setup: Setup, mesh: Mesh) -> Callable:
+    """The jitted `train_step_with_health` over `mesh`: state donated, outputs replicated."""
+    program = setup.config.to_dict()
+    program.pop("loop", None)  # how the loop feeds the step, not what the step computes
+    key = (
+        json.dumps(program, sort_keys=True, default=repr),
+        setup.num_examples,
+        setup.total_steps,
+        mesh,
+        type(setup.method),
+        train_step,
+    )
+    if key not in _STEP_FNS:
+        replicated = NamedSharding(mesh, P())
+        _STEP_FNS[key] = jax.jit(
+            functools.partial(train_step_with_health, setup),
+            donate_argnums=0,
+            out_shardings=(replicated, replicated, replicated),
+        )
+        while len(_STEP_FNS) > _STEP_FNS_KEPT:
+            _STEP_FNS.popitem(last=False)
+    _STEP_FNS.move_to_end(key)
+    return _STEP_FNS[key]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -292,6 +367,48 @@ def to_global(batch: Mapping[str, np.ndarray], sharding: NamedSharding) -> dict:
             v = v.astype(np.int32)
         out[k] = jax.make_array_from_process_local_data(sharding, v)
     return out
+
+
+@dataclasses.dataclass(frozen=True)
+class StagedBatch:
+    """One step's batch: as the host read it, and as global arrays on the devices.
+
+    Attributes:
+      host: this process's numpy batch (pictures are drawn from it).
+      batch: the global arrays of `to_global`.
+      skipped_records: bad records the pipeline had dropped once this batch was read.
+    """
+
+    host: Mapping[str, np.ndarray]
+    batch: dict[str, jax.Array]
+    skipped_records: int
+
+
+def staged_batches(
+    data: Iterator[Mapping[str, np.ndarray]],
+    sharding: NamedSharding,
+    *,
+    count: int,
+    prefetch: int,
+) -> Iterator[StagedBatch]:
+    """The next `count` batches of `data` as global arrays, up to `prefetch` of them on the
+    devices before the step that reads the first is dispatched.
+
+    The batches come in the order `data` yields them (the stream is unchanged), and no more than
+    `count` are read. When the loop asks for batch N + 1, step N has been dispatched and runs:
+    reading, converting and transferring batch N + prefetch then overlap it. `prefetch` 0 or 1
+    transfers each batch right before its step.
+    """
+    staged: collections.deque[StagedBatch] = collections.deque()
+    read = 0
+    for _ in range(count):
+        while read < count and (not staged or len(staged) < prefetch):
+            host = next(data)
+            staged.append(
+                StagedBatch(host, to_global(host, sharding), getattr(data, "num_skipped", 0))
+            )
+            read += 1
+        yield staged.popleft()
 
 
 class _Preemption:
@@ -358,41 +475,69 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         print(f"resumed from {ckpt.directory} at step {latest}", flush=True)
     start_step = int(state.step)
 
-    step_fn = jax.jit(
-        functools.partial(train_step, setup),
-        donate_argnums=0,
-        out_shardings=(replicated, replicated),
-    )
+    step_fn = make_step_fn(setup, mesh)
+    health = healthy(replicated)
     logger = metrics.MetricLogger(
         workdir, total_steps=setup.total_steps, global_batch_size=config.batch_size
     )
-    data = make_data_iterator(config, start_step)
+    loop = config.get("loop") or {}
+    sync_every_step = bool(loop.get("sync_every_step", False))
+    batches = staged_batches(
+        make_data_iterator(config, start_step),
+        batch_sharding,
+        count=setup.total_steps - start_step,
+        prefetch=int(loop.get("prefetch", 2)),
+    )
     preemption = _Preemption()
     pictures_on = bool(config.get("pictures_every_steps", 0))
+
+    def ensure_finite(step: int, health: Health) -> None:
+        """Reads `health` (waits for `step`); raises if any step up to `step` was not finite."""
+        h = jax.device_get(health)
+        if not h.finite:
+            raise metrics.NonFiniteError(
+                f"non-finite loss, gradients or parameters at step {int(h.first_nonfinite_step)}"
+                f" (found when the host read step {step}); last good checkpoint: "
+                f"step {ckpt.latest_step()} in {ckpt.directory}"
+            )
+
+    def log(step: int, step_metrics, health: Health, skipped_records: int) -> None:
+        ensure_finite(step, health)
+        # Bad records dropped by the pipeline (data.skip_bad_records) are counted here.
+        logger.log(step, {**metrics.to_host(step_metrics), "skipped_records": skipped_records})
+
     logger.start(start_step)
     step_metrics: dict[str, Any] = {}
+    unread = None  # a logging step's arguments of `log`, read once the next step is dispatched
     try:
         for step in range(start_step + 1, setup.total_steps + 1):
-            host_batch = next(data)
-            batch = to_global(host_batch, batch_sharding)
-            state, step_metrics = step_fn(state, batch)
-            if not bool(step_metrics["finite"]):
-                raise metrics.NonFiniteError(
-                    f"non-finite loss or gradients at step {step}; last good checkpoint: "
-                    f"step {ckpt.latest_step()} in {ckpt.directory}"
-                )
+            staged = next(batches)
+            state, step_metrics, health = step_fn(state, staged.batch, health)
+            if unread is not None:  # the previous step: its values are ready or nearly so
+                log(*unread)
+                unread = None
             last = step == setup.total_steps
+            stop = preemption.requested  # read once: a signal may arrive at any line
             if step % config.log_every_steps == 0 or last:
-                # Bad records dropped by the pipeline (data.skip_bad_records) are counted here.
-                skipped = {"skipped_records": getattr(data, "num_skipped", 0)}
-                logger.log(step, {**metrics.to_host(step_metrics), **skipped})
-            if not last and _every(config.get("eval_every_steps", 0), step):
+                unread = (step, step_metrics, health, staged.skipped_records)
+            evaluate = not last and _every(config.get("eval_every_steps", 0), step)
+            pictures = _every(config.get("pictures_every_steps", 0), step) or (last and pictures_on)
+            save = step % config.checkpoint.every_steps == 0 or last or stop
+            if evaluate or pictures or save or sync_every_step:
+                # These read the state, so the host waits for this step anyway; and only a state
+                # known to be finite may be evaluated or saved.
+                if unread is not None:
+                    log(*unread)
+                    unread = None
+                else:
+                    ensure_finite(step, health)
+            if evaluate:
                 run_evaluators_logged(setup, state, logger, workdir)
-            if _every(config.get("pictures_every_steps", 0), step) or (last and pictures_on):
-                save_pictures(setup, state, host_batch, workdir, step)
-            if step % config.checkpoint.every_steps == 0 or last or preemption.requested:
+            if pictures:
+                save_pictures(setup, state, staged.host, workdir, step)
+            if save:
                 ckpt.save(step, state, signature)
-            if preemption.requested:
+            if stop:
                 ckpt.wait()
                 print(f"SIGTERM: checkpointed step {step} in {ckpt.directory}; exiting", flush=True)
                 sys.exit(0)

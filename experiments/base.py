@@ -92,6 +92,10 @@ def base_config(method: str, variant: str) -> ml_collections.ConfigDict:
     # data dir: common.eval.random_init).
     c.random_init_baseline = True
     c.checkpoint = ml_collections.ConfigDict({"every_steps": 100, "keep": 3})
+    # The training loop (common/train.py): global batches staged on the devices ahead of their
+    # step, and `sync_every_step` to make the host wait for every step (only to measure what the
+    # overlap gains; `--config.loop.prefetch=0 --config.loop.sync_every_step=True`).
+    c.loop = ml_collections.ConfigDict({"prefetch": 2, "sync_every_step": False})
     c.ema = ml_collections.ConfigDict({"base_tau": 0.996, "init": "independent"})
     c.loss = ml_collections.ConfigDict({"temperature": 0.1})
     c.augment = ml_collections.ConfigDict({"view1": "byol_view1", "view2": "byol_view2"})
@@ -135,6 +139,12 @@ def base_config(method: str, variant: str) -> ml_collections.ConfigDict:
         c.data = data_config(
             name="imagenet2012", split="train", image_size=224, num_examples=IMAGENET_TRAIN_EXAMPLES
         )
+        # Precision: DeepMind's released BYOL and DetCon have no bfloat16 cast (float32 arrays,
+        # whose convolutions XLA:TPU runs at its default precision: bfloat16 multiplies, float32
+        # sums). Ours computes convolutions and matmuls in bfloat16 on every accelerator (GPUs
+        # run float32 convolutions in float32 or TF32, not bfloat16), with parameters, optimiser
+        # state, BatchNorm statistics, losses and the EMA in float32 (tests/test_bf16.py).
+        # Paper-faithful: --config.compute_dtype=float32.
         c.compute_dtype = "bfloat16"
         c.log_every_steps = 100
         c.checkpoint.every_steps = 1000
