@@ -40,6 +40,8 @@ EXTRAS["all"] = sorted({dep for deps in EXTRAS.values() for dep in deps})
 # Not in `all` (CI does not install it): torch and torchvision for `common.export`'s torch
 # tests (`python -m pytest -q -m torch tests/test_export.py`); the export itself needs neither.
 EXTRAS["torch"] = ["torch==2.13.0", "torchvision==0.28.0"]
+# Not in `all` either: the PyTorch + lightly peer of `benchmarks/peer_race.py`.
+EXTRAS["peers"] = ["torch==2.13.0", "torchvision==0.28.0", "lightly==1.6.0"]
 
 setuptools.setup(
     name="detcon-odin-vito",
