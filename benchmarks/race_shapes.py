@@ -32,8 +32,15 @@ def race_config(method: str, shape: str, **backbone_overrides) -> ml_collections
     config = {"byol": byol, "detcon_b": detcon_b}[method].get_config("local")
     with config.unlocked():
         if shape == "papers":
+            # The papers' ResNet-50 with our CPU settings (those of the `local` backbone that
+            # are not about its size: the 1x1-conv lowering).
+            cpu_kwargs = {
+                k: v
+                for k, v in config.model.backbone_kwargs.items()
+                if k not in ("small_stem", "base_width", "blocks_per_group")
+            }
             config.model.backbone = "resnet50"
-            config.model.backbone_kwargs = ml_collections.ConfigDict({})
+            config.model.backbone_kwargs = ml_collections.ConfigDict(cpu_kwargs)
             config.model.projector_hidden = 4096
             config.model.predictor_hidden = 4096
             config.model.projector_dim = 256

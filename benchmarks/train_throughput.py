@@ -142,9 +142,19 @@ def step_figures(config, steps: int, num_examples: int = 20_000) -> dict:
     return out
 
 
-def method_config(method: str, backbone: str, image_size: int, batch_size: int, dtype: str):
-    """The `imagenet` config of `method` at the given network, size and compute dtype."""
+def method_config(
+    method: str,
+    backbone: str,
+    image_size: int,
+    batch_size: int,
+    dtype: str,
+    backbone_kwargs: dict | None = None,
+):
+    """The `imagenet` config of `method` at the given network, size and compute dtype;
+    `backbone_kwargs` override the backbone's (e.g. `{"einsum_1x1": true}`)."""
     import importlib
+
+    import ml_collections
 
     if method not in METHODS:
         raise ValueError(f"--method: one of {METHODS}, got {method!r}")
@@ -155,6 +165,8 @@ def method_config(method: str, backbone: str, image_size: int, batch_size: int, 
         config.batch_size = batch_size
         config.compute_dtype = dtype
         config.num_classes = 1000
+        kwargs = {**config.model.backbone_kwargs, **(backbone_kwargs or {})}
+        config.model.backbone_kwargs = ml_collections.ConfigDict(kwargs)
     return config
 
 
@@ -207,17 +219,21 @@ def main():
     parser.add_argument("--image_size", type=int, default=224)
     parser.add_argument("--batch_size", type=int, default=256)
     parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
+    parser.add_argument("--backbone_kwargs", default="{}", help='JSON, e.g. {"einsum_1x1": true}')
     args = parser.parse_args()
     if args.method:
+        backbone_kwargs = json.loads(args.backbone_kwargs)
         config = method_config(
-            args.method, args.backbone, args.image_size, args.batch_size, args.dtype
-        )
+            args.method, args.backbone, args.image_size, args.batch_size, args.dtype,
+            backbone_kwargs,
+        )  # fmt: skip
         result = {
             "method": args.method,
             "backbone": args.backbone,
             "image_size": args.image_size,
             "batch_size": args.batch_size,
             "dtype": args.dtype,
+            "backbone_kwargs": backbone_kwargs,
             **step_figures(config, args.steps),
             **_machine(),
         }
