@@ -60,8 +60,16 @@ def _id_maps(rng, batch: int, size: int):
 # Our side.
 
 
-def ours_worker(method: str, shape: str, augment: bool, backbone_overrides: dict):
-    """Returns `run(steps) -> seconds per step` for our jitted training step."""
+def ours_worker(
+    method: str,
+    shape: str,
+    augment: bool,
+    backbone_overrides: dict,
+    compiler_options: dict | None = None,
+):
+    """Returns `run(steps) -> seconds per step` for our jitted training step (`compiler_options`
+    go to `jax.jit`, e.g. `{"xla_cpu_use_xnnpack": True}`); `run.metrics()` gives the last
+    step's metrics."""
     import functools
 
     import jax
@@ -88,8 +96,12 @@ def ours_worker(method: str, shape: str, augment: bool, backbone_overrides: dict
     if method == "detcon_b":
         batch["mask1"] = jnp.asarray(_id_maps(rng, b, s))
         batch["mask2"] = jnp.asarray(_id_maps(rng, b, s))
-    step = jax.jit(functools.partial(train.train_step, setup), donate_argnums=0)
-    holder = {"state": state}
+    step = jax.jit(
+        functools.partial(train.train_step, setup),
+        donate_argnums=0,
+        compiler_options=compiler_options or None,
+    )
+    holder = {"state": state, "metrics": None}
 
     def run(steps: int) -> float:
         state = holder["state"]
@@ -97,9 +109,10 @@ def ours_worker(method: str, shape: str, augment: bool, backbone_overrides: dict
         for _ in range(steps):
             state, m = step(state, batch)
         jax.block_until_ready((state, m))
-        holder["state"] = state
+        holder["state"], holder["metrics"] = state, m
         return (time.perf_counter() - start) / steps
 
+    run.metrics = lambda: holder["metrics"]
     return run
 
 
@@ -254,7 +267,8 @@ def worker_main(args) -> None:
         run = peer_worker(args.method, args.shape)
     else:
         overrides = json.loads(args.backbone_kwargs)
-        run = ours_worker(args.method, args.shape, args.augment, overrides)
+        options = json.loads(args.compiler_options)
+        run = ours_worker(args.method, args.shape, args.augment, overrides, options)
     run(1)  # compile / allocator warm-up
     run(1)
     print("ready", flush=True)
@@ -269,7 +283,7 @@ class Worker:
         cmd = [
             sys.executable, os.path.abspath(__file__), "--worker", side, "--method", method,
             "--shape", shape, "--threads", str(args.threads),
-            "--backbone_kwargs", args.backbone_kwargs,
+            "--backbone_kwargs", args.backbone_kwargs, "--compiler_options", args.compiler_options,
         ]  # fmt: skip
         if augment:
             cmd.append("--augment")
@@ -333,6 +347,9 @@ def main():
     parser.add_argument(
         "--backbone_kwargs", default="{}", help='our backbone overrides, JSON: {"einsum_1x1": 0}'
     )
+    parser.add_argument(
+        "--compiler_options", default="{}", help='our jit\'s, JSON: {"xla_cpu_use_xnnpack": 1}'
+    )
     parser.add_argument("--worker", choices=("ours", "peer"), help=argparse.SUPPRESS)
     parser.add_argument("--method", help=argparse.SUPPRESS)
     parser.add_argument("--shape", help=argparse.SUPPRESS)
@@ -351,6 +368,7 @@ def main():
         steps_per_timing=args.steps,
         rounds=args.rounds,
         backbone_kwargs=json.loads(args.backbone_kwargs),
+        compiler_options=json.loads(args.compiler_options),
         load_avg_1min=round(os.getloadavg()[0], 2),
         cpus=os.cpu_count(),
         machine=platform.machine(),
