@@ -52,6 +52,8 @@ EXTRAS["torch"] = ["torch==2.13.0", "torchvision==0.28.0"]
 # `pip install -e ".[cuda12]"` on an NVIDIA GPU machine (docs/scale.md).
 EXTRAS["tpu"] = [f"jax[tpu]{JAX}"]
 EXTRAS["cuda12"] = [f"jax[cuda12]{JAX}"]
+# Not in `all` either: the PyTorch + lightly peer of `benchmarks/peer_race.py`.
+EXTRAS["peers"] = ["torch==2.13.0", "torchvision==0.28.0", "lightly==1.6.0"]
 
 setuptools.setup(
     name="detcon-odin-vito",

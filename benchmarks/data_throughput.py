@@ -7,7 +7,10 @@
   and `pipeline_over_step`: that rate over the rate at which the BYOL `local` training step
   consumes examples, measured in the same run (target >= 3).
 * `fh_parallel_efficiency`: FH generation throughput with every core over (cores x one-core
-  throughput), through the FH pipeline's own shard computation (target >= 0.8).
+  throughput), through the FH pipeline's own shard computation (target >= 0.8): the median over
+  `--fh_rounds` rounds, each round timing one core and every core back to back, with every
+  round's figure and their spread (`fh_parallel_efficiency_rounds`, `..._spread`) and the load
+  average around the measurement, so that a figure taken on a busy machine shows as such.
 * `fh_overhead`: the pipeline's time per image (read, decode, FH, narrow, write) over bare
   `skimage.segmentation.felzenszwalb` on the same decoded images (target <= 1.15).
 The FH figures use real photographs shipped with scikit-image (ImageNet-like sizes) as an image
@@ -63,7 +66,9 @@ def _photo_folder(root: str, copies: int) -> None:
         if image.ndim == 2:
             image = image[..., None].repeat(3, axis=-1)
         for c in range(copies):
-            Image.fromarray(image[..., :3]).save(os.path.join(root, f"{name}_{c}.png"))
+            # Copy-major names: the folder reads in name order, so every shard gets a mix of
+            # the six photo sizes instead of one photo's copies (shards of equal cost).
+            Image.fromarray(image[..., :3]).save(os.path.join(root, f"{c:03d}_{name}.png"))
 
 
 def _warm_worker(_) -> None:
@@ -82,7 +87,7 @@ def _pin_to_first_core() -> None:
     os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
 
 
-def fh_figures(work: str, copies: int, rounds: int = 2) -> dict:
+def fh_figures(work: str, copies: int, rounds: int = 3) -> dict:
     """Times the FH pipeline's shard computation with 1 and all workers, and bare FH.
 
     Steady-state throughput: the all-cores run uses a pool whose workers have already started
@@ -143,6 +148,7 @@ def fh_figures(work: str, copies: int, rounds: int = 2) -> dict:
     from concurrent.futures import ProcessPoolExecutor
 
     pipeline("warmup")
+    load_before = os.getloadavg()[0]
     start = time.perf_counter()
     # The single-core figure comes from one worker pinned to one core: run in this process, the
     # shard computation's TensorFlow threads (record reading, PNG decoding) would overlap FH on
@@ -161,13 +167,19 @@ def fh_figures(work: str, copies: int, rounds: int = 2) -> dict:
             one.append(pipeline(f"one_{r}", pinned))
             many.append(pipeline(f"all_{r}", pool))
     one_core, all_cores, bare_s = (statistics.median(v) for v in (one, many, plain))
+    # Per round: the two timings were taken back to back, so each round's ratio sees one state of
+    # the machine; their median is the figure, their spread how far to trust it.
+    per_round = [o / m / cores for o, m in zip(one, many)]
     return {
         "fh_images": num,
         "fh_one_core_images_per_s": round(num / one_core, 3),
         "fh_all_cores_images_per_s": round(num / all_cores, 3),
-        "fh_parallel_efficiency": round((one_core / all_cores) / cores, 3),
+        "fh_parallel_efficiency": round(statistics.median(per_round), 3),
+        "fh_parallel_efficiency_rounds": [round(e, 3) for e in per_round],
+        "fh_parallel_efficiency_spread": round(max(per_round) - min(per_round), 3),
         "fh_overhead": round(one_core / bare_s, 3),
         "fh_pool_start_s": round(pool_start, 2),
+        "fh_load_avg_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     }
 
 
@@ -175,21 +187,26 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--data_dir", default=os.path.expanduser("~/tensorflow_datasets"))
     parser.add_argument("--batches", type=int, default=30)
-    parser.add_argument("--fh_copies", type=int, default=10)
+    # 30 copies of the 6 photos: 180 images, 22-23 per shard on 2 cores, so that pool start-up
+    # and the last straggling shard are a small part of each timing (60 swung run to run).
+    parser.add_argument("--fh_copies", type=int, default=30)
+    parser.add_argument("--fh_rounds", type=int, default=3)
+    parser.add_argument("--skip_pipeline", action="store_true", help="the FH figures only")
     args = parser.parse_args()
 
-    views_per_s, shapes = pipeline_rate(args.data_dir, args.batches)
-    step_per_s = byol_step_rate()
+    result = {}
+    if not args.skip_pipeline:
+        views_per_s, shapes = pipeline_rate(args.data_dir, args.batches)
+        step_per_s = byol_step_rate()
+        result = {
+            "pipeline_views_per_s": round(views_per_s, 1),
+            "byol_step_examples_per_s": round(step_per_s, 2),
+            "pipeline_over_step": round(views_per_s / step_per_s, 2),
+            "batch_shapes": shapes,
+        }
     with tempfile.TemporaryDirectory() as work:
-        fh = fh_figures(work, args.fh_copies)
-    result = {
-        "pipeline_views_per_s": round(views_per_s, 1),
-        "byol_step_examples_per_s": round(step_per_s, 2),
-        "pipeline_over_step": round(views_per_s / step_per_s, 2),
-        **fh,
-        "batch_shapes": shapes,
-        "cpus": os.cpu_count(),
-    }
+        result.update(fh_figures(work, args.fh_copies, args.fh_rounds))
+    result["cpus"] = os.cpu_count()
     print(json.dumps(result))
 
 

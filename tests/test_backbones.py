@@ -328,3 +328,31 @@ def test_batchnorm_global_statistics_on_mesh():
         assert rel(out[key], ref_out[key]) <= 1e-5, key
     for a, b in zip(jax.tree.leaves(new_vars), jax.tree.leaves(ref_vars)):
         assert rel(a, b) <= 1e-5
+
+
+def test_einsum_1x1_matches_conv_forward_and_gradients():
+    """The fast path (1x1 convs as einsums, the `local` default) against the exact `nn.Conv`
+    path with the same parameters, on the `local` configs' layout (basic blocks, stride-1 stem,
+    strided 1x1 projection shortcuts): training-mode features and the parameter gradients of a
+    loss over every stage agree to float32 rounding (max error <= 1e-4 of each array's largest
+    entry; measured <= 2e-6). The bottleneck layout's einsum path is checked against Haiku above."""
+    kwargs = dict(depth=18, base_width=8, blocks_per_group=(1, 1, 1, 1), small_stem=True)
+    exact, fast = ResNet(**kwargs), ResNet(**kwargs, einsum_1x1=True)
+    x = jax.random.normal(jax.random.PRNGKey(0), (4, 33, 33, 3))  # odd: strided slices round up
+    variables = _init(exact, x, seed=2)
+    assert jax.tree.structure(_init(fast, x, seed=2)) == jax.tree.structure(variables)
+
+    def features_and_grads(model):
+        def loss(params):
+            out, _ = model.apply(
+                {**variables, "params": params}, x, train=True, mutable=["batch_stats"]
+            )
+            return sum(jnp.mean(jnp.sin(f)) for f in out.values()), out
+
+        return jax.jit(jax.grad(loss, has_aux=True))(variables["params"])
+
+    def close(a, b):
+        scale = float(jnp.max(jnp.abs(a)))
+        assert scale > 0 and float(jnp.max(jnp.abs(a - b))) <= 1e-4 * scale
+
+    jax.tree.map(close, features_and_grads(exact), features_and_grads(fast))

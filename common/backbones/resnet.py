@@ -262,14 +262,15 @@ class ResNet(nn.Module):
       dtype: compute dtype (bfloat16 on accelerators); parameters and BN statistics stay float32.
       bn_axis_name: BatchNorm `axis_name` for `shard_map`/`pmap`. Under `jax.jit` on a mesh
         leave it `None`: batch statistics are then global over the sharded batch anyway.
-      einsum_1x1: implement 1x1 convs as einsums (`Conv1x1`: ~2x faster ResNet-50 forward on
-        XLA:CPU, same parameters). Off by default because it is not bit-exact with Haiku: with
-        `nn.Conv` a ResNet-50 reproduces Haiku's features exactly (error 0.0 on XLA:CPU, both BN
-        modes). With the einsum, inference is still exact, but in training mode the batch
-        statistics see float32-rounding-level differences that BatchNorm amplifies to ~1e-3 at
-        stage 4 (random-weight R50, batch 2 at 224 px; the same amount by which Haiku differs from
-        itself between eager and jit execution). The forward gain did not carry over clearly to
-        forward+backward in our measurements. Turn it on for CPU-bound local runs if it helps.
+      einsum_1x1: implement 1x1 convs as einsums (`Conv1x1`, same parameters). On XLA:CPU a
+        1x1 layer's forward+backward runs 2.3-7x faster as an einsum (ResNet-50 shapes, batch 8),
+        so the `local` configs turn it on (`benchmarks/peer_race.py` races the whole step). Off
+        by default because it is not bit-exact with Haiku: with `nn.Conv` a ResNet-50
+        reproduces Haiku's features exactly (error 0.0 on XLA:CPU, both BN modes). With the
+        einsum, inference is still exact, but in training mode the batch statistics see
+        float32-rounding-level differences that BatchNorm amplifies to ~1e-3 at stage 4
+        (random-weight R50, batch 2 at 224 px; the same amount by which Haiku differs from
+        itself between eager and jit execution).
     """
 
     depth: int = 50
