@@ -13,8 +13,10 @@ Guarantees a long pod job relies on:
 * the step's randomness is `fold_in(seed, step)` and the data stream is a function of
   (seed, step), so a run resumed from a checkpoint computes exactly what the uninterrupted run
   would have;
-* SIGTERM (preemption) writes a checkpoint of the last completed step and exits cleanly;
-  NaN/inf stops the run before anything non-finite is saved;
+* SIGTERM (preemption) writes a checkpoint of the last completed step and exits cleanly; with
+  several processes they agree on that step (JAX's preemption sync point), so a signal that
+  reaches one host only still checkpoints every host at the same step;
+* NaN/inf stops the run before anything non-finite is saved;
 * the host never waits for the devices between two steps except where it must: the step's
   finite flag and metrics are device values read on logging steps only, one step late (while the
   next step runs), and before anything that reads the state (checkpoint, evaluation, pictures);
@@ -412,18 +414,41 @@ def staged_batches(
 
 
 class _Preemption:
-    """Remembers a SIGTERM so the loop can checkpoint and exit between two steps."""
+    """Decides after which step the run checkpoints and exits on SIGTERM (preemption).
+
+    One process: a SIGTERM handler remembers the signal and the loop stops after its current
+    step. Several processes (`jax.distributed`): the signal reaches hosts at different steps, and
+    a host that saved or exited alone would leave the others blocked in a collective. JAX's
+    preemption sync point decides instead: the notice of any host goes through the coordination
+    service to all, which agree on one step (the largest any of them has reached, plus one), and
+    every process saves that step and exits. JAX's own SIGTERM notifier (installed by
+    `jax.distributed.initialize`) receives the signal then, so no Python handler replaces it.
+    """
 
     def __init__(self):
+        from jax._src import distributed
+
+        self.collective = distributed.global_state.client is not None
         self.requested = False
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        self._previous = None
+        if not self.collective:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
 
     def _handle(self, signum, frame):
         del signum, frame
         self.requested = True
 
+    def reached(self, step: int) -> bool:
+        """Whether to checkpoint `step` and exit; called once per step, on every process."""
+        if self.collective:
+            from jax.experimental import multihost_utils
+
+            return multihost_utils.reached_preemption_sync_point(step)
+        return self.requested
+
     def restore(self):
-        signal.signal(signal.SIGTERM, self._previous)
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
 
 
 def make_data_iterator(
@@ -517,7 +542,7 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                 log(*unread)
                 unread = None
             last = step == setup.total_steps
-            stop = preemption.requested  # read once: a signal may arrive at any line
+            stop = preemption.reached(step)  # read once: a signal may arrive at any line
             if step % config.log_every_steps == 0 or last:
                 unread = (step, step_metrics, health, staged.skipped_records)
             evaluate = not last and _every(config.get("eval_every_steps", 0), step)

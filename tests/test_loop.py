@@ -200,3 +200,32 @@ def test_step_compiles_once_over_evaluation_and_an_in_process_resume(
     assert [r["step"] for r in rows if "eval/monitor/top1" in r] == [2, 4, 6]
     steps = [name for name in compiled if "train_step_with_health" in name]
     assert len(steps) == 1, compiled
+
+
+def test_resume_on_fewer_devices_continues_the_same_run(data_dir, tmp_path, monkeypatch):
+    """A run checkpointed on 8 devices resumes on 4: the state restores onto the new mesh and
+    the run ends as the uninterrupted 8-device run does, up to the order of the cross-device
+    sums (the data stream, a function of seed and step, is the same)."""
+    config = helpers.tiny_config("byol", data_dir, total_steps=6)
+    reference, resumed = str(tmp_path / "reference"), str(tmp_path / "resumed")
+    meshes = {n: Mesh(np.asarray(jax.devices()[:n]), ("data",)) for n in (8, 4)}
+    with monkeypatch.context() as patch:
+        patch.setattr(train, "create_mesh", lambda: meshes[8])
+        train.main(config, reference)
+
+        def preempt(dispatched):
+            if dispatched == 3:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+        _Recorder(patch, on_request=preempt)
+        with pytest.raises(SystemExit):
+            train.main(config, resumed)
+    assert sorted(_saved_states(resumed)) == [2, 4]
+    with monkeypatch.context() as patch:
+        patch.setattr(train, "create_mesh", lambda: meshes[4])
+        train.main(config, resumed)
+
+    ref, ref_step = helpers.load_final_params(reference)
+    got, got_step = helpers.load_final_params(resumed)
+    assert ref_step == got_step == 6
+    assert helpers.relative_difference(got, ref) <= 1e-5
