@@ -66,9 +66,7 @@ def _photo_folder(root: str, copies: int) -> None:
         if image.ndim == 2:
             image = image[..., None].repeat(3, axis=-1)
         for c in range(copies):
-            # Copy-major names: the folder reads in name order, so every shard gets a mix of
-            # the six photo sizes instead of one photo's copies (shards of equal cost).
-            Image.fromarray(image[..., :3]).save(os.path.join(root, f"{c:03d}_{name}.png"))
+            Image.fromarray(image[..., :3]).save(os.path.join(root, f"{name}_{c}.png"))
 
 
 def _warm_worker(_) -> None:
