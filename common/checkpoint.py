@@ -79,6 +79,11 @@ def fingerprint(state: Any) -> list[list[int]]:
     return [[int(v) for v in np.asarray(f)] for f in _fingerprints(state)]
 
 
+# Backbone options that change how a layer is computed, not which parameters it has (the 1x1
+# convolutions as einsums): a checkpoint written with either setting restores under the other.
+LOWERING_ONLY_KWARGS = ("einsum_1x1",)
+
+
 def model_signature(config, state: Any) -> dict[str, Any]:
     """What must agree between a checkpoint and the config that resumes it."""
     leaves = jax.tree_util.tree_flatten_with_path(state.params)[0]
@@ -87,7 +92,11 @@ def model_signature(config, state: Any) -> dict[str, Any]:
     signature = {
         "method": config.method,
         "backbone": config.model.backbone,
-        "backbone_kwargs": dict(config.model.get("backbone_kwargs", {})),
+        "backbone_kwargs": {
+            k: v
+            for k, v in dict(config.model.get("backbone_kwargs", {})).items()
+            if k not in LOWERING_ONLY_KWARGS
+        },
         "num_params": int(sum(np.prod(s) for _, s in shapes)),
         "param_shapes_sha1": hashlib.sha1(text.encode()).hexdigest(),
     }

@@ -356,3 +356,24 @@ def test_einsum_1x1_matches_conv_forward_and_gradients():
         assert scale > 0 and float(jnp.max(jnp.abs(a - b))) <= 1e-4 * scale
 
     jax.tree.map(close, features_and_grads(exact), features_and_grads(fast))
+
+
+def test_checkpoint_signature_ignores_the_1x1_lowering():
+    """A workdir written with 1x1 convs as `nn.Conv` resumes under the einsum lowering (the
+    `local` default since the speed work) and back: same parameter tree, same signature; a
+    backbone option that changes the parameters still changes it."""
+    import types
+
+    import ml_collections
+
+    from common import checkpoint
+
+    def signature(**backbone_kwargs):
+        model = ResNet(depth=18, base_width=8, blocks_per_group=(1, 1, 1, 1), **backbone_kwargs)
+        params = _init(model, jnp.zeros((1, 16, 16, 3)), seed=0)["params"]
+        model_config = {"backbone": "resnet18", "backbone_kwargs": backbone_kwargs}
+        config = ml_collections.ConfigDict({"method": "byol", "model": model_config})
+        return checkpoint.model_signature(config, types.SimpleNamespace(params=params))
+
+    assert signature(einsum_1x1=True) == signature(einsum_1x1=False) == signature()
+    assert signature(small_stem=True) != signature()
