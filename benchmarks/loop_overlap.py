@@ -100,9 +100,7 @@ def main():
     step_fn = train.make_step_fn(setup, mesh)
     example = next(host_batches(config, args.method, count=1))
     batch = train.to_global(example, NamedSharding(mesh, P("data")))
-    flops = train_throughput.compiled_flops(
-        step_fn.lower(state, batch, train.healthy(replicated)).compile()
-    )
+    flops = train_throughput.program_flops(step_fn.lower(state, batch, train.healthy(replicated)))
     times = {"sync": [], "overlap": []}
     for _ in range(args.rounds):  # alternate, so drift of the machine hits both modes
         for mode in ("sync", "overlap"):
