@@ -71,7 +71,8 @@ def program_flops(lowered) -> float:
     The lowered program, not the compiled executable: on GPU the executable's analysis leaves
     out every convolution that runs as a cuDNN custom call (measured on an H200, DetCon_B's
     ResNet-50 step at 224 px, batch 256: 368 GFLOP compiled, 4,540 once its 1x1 convolutions
-    are einsums, 17,150 lowered; the hand count is ~16,800 for the convolutions alone). Older JAX returns a list with one dict per program."""
+    are einsums, 17,150 lowered; the hand count is ~16,800 for the convolutions alone).
+    Older JAX returns a list with one dict per program."""
     analysis = lowered.cost_analysis()
     if isinstance(analysis, list | tuple):
         analysis = analysis[0]
