@@ -97,10 +97,12 @@ def main():
         train.init_rng(0)
     )
     # The step's FLOPs from XLA's cost analysis of the same program the loop runs.
-    step_fn = train.make_step_fn(setup, mesh)
     example = next(host_batches(config, args.method, count=1))
     batch = train.to_global(example, NamedSharding(mesh, P("data")))
-    flops = train_throughput.program_flops(step_fn.lower(state, batch, train.healthy(replicated)))
+    flops = train_throughput.program_flops(
+        lambda s, b, h: train.train_step_with_health(setup, s, b, h),
+        state, batch, train.healthy(replicated),
+    )  # fmt: skip
     times = {"sync": [], "overlap": []}
     for _ in range(args.rounds):  # alternate, so drift of the machine hits both modes
         for mode in ("sync", "overlap"):

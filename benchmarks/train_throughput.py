@@ -64,17 +64,20 @@ def peak_bf16_flops(device_kind: str) -> float | None:
     return None
 
 
-def program_flops(lowered) -> float:
-    """FLOPs of one call of a jitted program, from XLA's cost analysis of its HLO as lowered
-    (`jax.jit(f).lower(...)`), before the backend's optimisation: a multiply-add counts 2.
+def program_flops(fn, *args) -> float:
+    """FLOPs of one call of `fn(*args)` as XLA's cost analysis counts them in its HLO lowered for
+    the CPU (`args` are only read for their shapes and dtypes): a multiply-add counts 2.
 
-    The lowered program, not the compiled executable: on GPU the executable's analysis leaves
-    out every convolution that runs as a cuDNN custom call (measured on an H200, DetCon_B's
-    ResNet-50 step at 224 px, batch 256: 368 GFLOP compiled, 4,540 once its 1x1 convolutions
-    are einsums, 17,150 lowered; the hand count is ~16,800 for the convolutions alone).
-    Older JAX returns a list with one dict per program."""
-    analysis = lowered.cost_analysis()
-    if isinstance(analysis, list | tuple):
+    Lowered, not compiled, and for the CPU whatever the chip: on GPU the compiled executable's
+    analysis leaves out every convolution that runs as a cuDNN custom call, and the lowered
+    program's gives none (measured on an H200 with JAX 0.11, DetCon_B's ResNet-50 step at
+    224 px, batch 256: 368 GFLOP compiled, 4,540 once its 1x1 convolutions are einsums; 17,150
+    here; the hand count is ~16,800 for the convolutions alone). The FLOPs are the program's,
+    not the chip's, so the count is the same for every backend."""
+    cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+    specs = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=cpu), args)
+    analysis = jax.jit(fn).lower(*specs).cost_analysis()
+    if isinstance(analysis, list | tuple):  # older JAX: one dict per program
         analysis = analysis[0]
     if not analysis or "flops" not in analysis:
         raise RuntimeError(f"XLA gave no FLOP count for this program: {analysis!r}")
@@ -125,9 +128,8 @@ def step_figures(config, steps: int, num_examples: int = 20_000) -> dict:
         state = jax.jit(functools.partial(train.init_state, setup))(train.init_rng(0))
         batch = random_batch(config, config.method, device)
         step = jax.jit(functools.partial(train.train_step, setup), donate_argnums=0)
-        lowered = step.lower(state, batch)
-        flops = program_flops(lowered)
-        compiled = lowered.compile()
+        flops = program_flops(functools.partial(train.train_step, setup), state, batch)
+        compiled = step.lower(state, batch).compile()
         state, m = compiled(state, batch)  # first run: allocation, autotuning
         jax.block_until_ready(m)
         start = time.perf_counter()

@@ -33,11 +33,11 @@ def test_conv_flops_match_hand_count(size, kernel, stride):
         )
     )
     expected, _ = _conv_flops(2, size, 4, 5, kernel, stride)
-    assert program_flops(conv.lower(x, w)) == expected
+    assert program_flops(conv, x, w) == expected
     # The gradient of a sum needs no forward value: the input and the weight gradient are one
     # conv each, with the forward conv's multiply-adds.
     grad = jax.jit(jax.grad(lambda x, w: jnp.sum(conv(x, w)), argnums=(0, 1)))
-    assert program_flops(grad.lower(x, w)) == 2 * expected
+    assert program_flops(grad, x, w) == 2 * expected
 
 
 def _small_resnet_hand_count(batch: int, size: int, width: int) -> tuple[int, int]:
@@ -67,7 +67,7 @@ def test_small_resnet_flops_match_hand_count(train):
     apply = jax.jit(
         lambda v, x: model.apply(v, x, train=train, mutable=["batch_stats"] if train else False)
     )
-    xla = program_flops(apply.lower(variables, x))
+    xla = program_flops(apply, variables, x)
     convs, elements = _small_resnet_hand_count(2, 16, 8)
     # The convs' multiply-adds exactly, plus BatchNorm / ReLU / residual adds: a few FLOPs per
     # conv output element (about 5 at inference, 8 with batch statistics), never 10.
