@@ -334,7 +334,11 @@ def test_scenes_config_validation():
     assert (configs["tiny"].num_train, configs["tiny"].num_validation) == (256, 64)
     assert configs["default"].style == configs["tiny"].style == "legacy"
     assert configs["natural"].style == configs["natural_tiny"].style == "natural"
-    assert configs["natural_tiny"].split_sizes() == configs["tiny"].split_sizes()
+    def sizes(c):
+        return (c.num_train, c.num_validation, c.num_test, c.image_size)
+
+    assert sizes(configs["natural_tiny"]) == sizes(configs["tiny"])
+    assert sizes(configs["natural"]) == sizes(configs["default"])
     with pytest.raises(ValueError, match="style"):
         SyntheticScenesConfig(name="x", style="photo")
 
