@@ -114,11 +114,7 @@ def main():
     device = jax.devices()[0]
     peak = train_throughput.peak_bf16_flops(device.device_kind)
     result = {
-        "method": args.method,
-        "backbone": args.backbone,
-        "image_size": args.image_size,
-        "batch_size": args.batch_size,
-        "dtype": args.dtype,
+        **train_throughput.step_setting(args),
         "step_gflops": round(flops / 1e9, 2),
         "device_kind": device.device_kind,
         "devices": jax.device_count(),

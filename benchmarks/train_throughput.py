@@ -219,6 +219,12 @@ def _machine() -> dict:
     }
 
 
+def step_setting(args: argparse.Namespace) -> dict:
+    """The step a run times, as its JSON line names it."""
+    keys = ("method", "backbone", "image_size", "batch_size", "dtype")
+    return {k: getattr(args, k) for k in keys}
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=10)
@@ -237,11 +243,7 @@ def main():
             backbone_kwargs,
         )  # fmt: skip
         result = {
-            "method": args.method,
-            "backbone": args.backbone,
-            "image_size": args.image_size,
-            "batch_size": args.batch_size,
-            "dtype": args.dtype,
+            **step_setting(args),
             "backbone_kwargs": backbone_kwargs,
             **step_figures(config, args.steps),
             **_machine(),

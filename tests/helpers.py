@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 
@@ -315,3 +316,35 @@ def random_detcon_case(seed, b, r, d, num_ids, invalid_frac=0.0):
         for x in ids:
             x[rng.random(size=(b, r)) < invalid_frac] = -1
     return arrs, ids
+
+
+def free_port() -> int:
+    """A TCP port on localhost that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def start_two_processes(
+    experiment: str, data_dir: str, workdir: str, **overrides
+) -> list[subprocess.Popen]:
+    """One training run as two processes on localhost (`jax.distributed` with gloo CPU
+    collectives, 2 devices each), started and not waited for; stdout/stderr are pipes."""
+    port = free_port()
+    procs = []
+    for pid in range(2):
+        dist = {
+            "distributed.initialize": True,
+            "distributed.coordinator_address": f"localhost:{port}",
+            "distributed.num_processes": 2,
+            "distributed.process_id": pid,
+            "distributed.cpu_collectives": "gloo",
+        }
+        procs.append(
+            subprocess.Popen(
+                cli_args(experiment, data_dir, workdir, **overrides, **dist),
+                env=subprocess_env(2), cwd=REPO,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            )  # fmt: skip
+        )
+    return procs

@@ -3,16 +3,7 @@ exactly as one process with 4 devices."""
 
 from __future__ import annotations
 
-import socket
-import subprocess
-
 from tests import helpers
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
 
 
 def test_two_processes_match_one_process(data_dir, tmp_path):
@@ -26,26 +17,7 @@ def test_two_processes_match_one_process(data_dir, tmp_path):
     )
 
     multi = str(tmp_path / "multi")
-    port = _free_port()
-    procs = []
-    for pid in range(2):
-        dist = {
-            "distributed.initialize": True,
-            "distributed.coordinator_address": f"localhost:{port}",
-            "distributed.num_processes": 2,
-            "distributed.process_id": pid,
-            "distributed.cpu_collectives": "gloo",
-        }
-        procs.append(
-            subprocess.Popen(
-                helpers.cli_args("byol", data_dir, multi, **steps, **dist),
-                env=helpers.subprocess_env(2),
-                cwd=helpers.REPO,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )  # fmt: skip
-        )
+    procs = helpers.start_two_processes("byol", data_dir, multi, **steps)
     for p in procs:
         out, err = p.communicate(timeout=600)
         assert p.returncode == 0, err[-3000:]

@@ -7,8 +7,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
-import subprocess
 import time
 
 import numpy as np
@@ -16,12 +14,6 @@ import numpy as np
 from tests import helpers
 
 STEPS = {"total_steps": 16, "checkpoint.every_steps": 1000, "evals.monitor.batch_size": 16}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
 
 
 def _wait_for_logged_step(workdir: str, step: int, proc, timeout: float = 900) -> bool:
@@ -38,24 +30,7 @@ def _wait_for_logged_step(workdir: str, step: int, proc, timeout: float = 900) -
 
 
 def _start_two(data_dir, workdir):
-    port = _free_port()
-    procs = []
-    for pid in range(2):
-        dist = {
-            "distributed.initialize": True,
-            "distributed.coordinator_address": f"localhost:{port}",
-            "distributed.num_processes": 2,
-            "distributed.process_id": pid,
-            "distributed.cpu_collectives": "gloo",
-        }
-        procs.append(
-            subprocess.Popen(
-                helpers.cli_args("byol", data_dir, workdir, **STEPS, **dist),
-                env=helpers.subprocess_env(2), cwd=helpers.REPO,
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            )  # fmt: skip
-        )
-    return procs
+    return helpers.start_two_processes("byol", data_dir, workdir, **STEPS)
 
 
 def test_sigterm_to_one_process_checkpoints_every_process_at_one_step(data_dir, tmp_path):

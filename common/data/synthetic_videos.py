@@ -82,6 +82,10 @@ class SyntheticVideosConfig(tfds.core.BuilderConfig):
             raise ValueError(f"encoding must be png or jpeg, got {self.encoding!r}")
 
 
+# The `tiny` and `natural_tiny` clips: sizes for tests.
+_TINY_SIZES = dict(num_frames=8, num_train=32, num_validation=8, num_test=8)
+
+
 class SyntheticVideos(
     build_tools.WorkerPoolBuilder,
     tfds.core.GeneratorBasedBuilder,
@@ -100,12 +104,7 @@ class SyntheticVideos(
     BUILDER_CONFIGS = [
         SyntheticVideosConfig(name="default", description="16 frames, 64 px, 2000/200/200."),
         SyntheticVideosConfig(
-            name="tiny",
-            description="8 frames, 64 px, 32/8/8 clips, for tests.",
-            num_frames=8,
-            num_train=32,
-            num_validation=8,
-            num_test=8,
+            name="tiny", description="8 frames, 64 px, 32/8/8 clips, for tests.", **_TINY_SIZES
         ),
         SyntheticVideosConfig(
             name="natural",
@@ -115,11 +114,8 @@ class SyntheticVideos(
         SyntheticVideosConfig(
             name="natural_tiny",
             description="`natural`, 8 frames, 64 px, 32/8/8 clips, for tests.",
-            num_frames=8,
-            num_train=32,
-            num_validation=8,
-            num_test=8,
             style="natural",
+            **_TINY_SIZES,
         ),
     ]
     DEFAULT_CONFIG_NAME = "default"
