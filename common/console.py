@@ -115,6 +115,10 @@ def quiet(verbosity: int | None = None) -> None:
     _install_filter(absl_logging.get_absl_handler())
     for handler in logging.getLogger().handlers:
         _install_filter(handler)
+    # Without absl's app.run nothing may be on the root logger yet, and Python's last-resort
+    # handler (which prints `WARNING:absl:...`) takes no filters: filter at the absl logger.
+    if _FILTER not in logging.getLogger("absl").filters:
+        logging.getLogger("absl").addFilter(_FILTER)
     if not sys.warnoptions:  # -W on the command line wins
         for category in (DeprecationWarning, PendingDeprecationWarning):
             warnings.filterwarnings("ignore", category=category)
@@ -122,3 +126,14 @@ def quiet(verbosity: int | None = None) -> None:
         os.environ.setdefault(
             "PYTHONWARNINGS", "ignore::DeprecationWarning,ignore::PendingDeprecationWarning"
         )
+
+
+def parse_quietly(parser, argv=None):
+    """`parser.parse_args(argv)` for an argparse command, with a `--verbosity` option (as absl's:
+    0 shows the libraries' INFO logs), then `quiet` at that verbosity. Returns the arguments."""
+    parser.add_argument(
+        "--verbosity", type=int, default=None, help="as absl's: 0 shows the libraries' INFO logs"
+    )
+    args = parser.parse_args(argv)
+    quiet(args.verbosity)
+    return args

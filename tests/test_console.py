@@ -63,3 +63,26 @@ def test_quiet_by_default_and_verbosity_brings_info_back(restore_logging):
     # A later plain call (common.train.main run by a paper table) keeps the explicit choice.
     console.quiet()
     assert absl_logging.get_verbosity() == absl_logging.INFO
+
+
+def test_dataset_build_command_prints_no_library_logs(tmp_path):
+    """A dataset builder's command as a user runs it (no TF_CPP_MIN_LOG_LEVEL set): its own
+    progress and nothing from TensorFlow's C++ logging, absl INFO or deprecation notices."""
+    import re
+    import subprocess
+
+    from tests import helpers
+
+    env = helpers.subprocess_env()
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    proc = subprocess.run(
+        [helpers.sys.executable, "-m", "common.data.synthetic_videos", "--data_dir",
+         str(tmp_path), "--config", "tiny", "--num_workers", "1"],
+        env=env, capture_output=True, text=True, timeout=600, cwd=helpers.REPO,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    output = proc.stdout + proc.stderr
+    assert output.strip(), "the command printed nothing"
+    assert not re.search(r"^I\d{4} \d\d:\d\d:\d\d", output, re.M), output[:2000]
+    assert not re.search(r"\.cc:\d+\]", output), output[:2000]
+    assert "deprecated" not in output and "DeprecationWarning" not in output, output[:2000]

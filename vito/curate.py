@@ -553,7 +553,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--report", default=None)
     parser.add_argument("--records_per_shard", type=int, default=64)
     parser.add_argument("--beam_pipeline_options", default=None)
-    args = parser.parse_args(argv)
+    from common import console
+
+    args = console.parse_quietly(parser, argv)
     logging.basicConfig(level=logging.INFO)
     factory = CheckpointClassifier(
         args.config, os.path.abspath(args.workdir), step=args.checkpoint,

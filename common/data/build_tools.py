@@ -125,7 +125,9 @@ class WorkerPoolBuilder:
         parser.add_argument("--data_dir", required=True)
         parser.add_argument("--config", default="default")
         parser.add_argument("--num_workers", type=int, default=None)
-        args = parser.parse_args(argv)
+        from common import console
+
+        args = console.parse_quietly(parser, argv)
         start = time.perf_counter()
         builder = cls(config=args.config, data_dir=args.data_dir, num_workers=args.num_workers)
         builder.download_and_prepare()

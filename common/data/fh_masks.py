@@ -559,7 +559,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--work_dir", default=None)
     parser.add_argument("--manual_dir", default=None)
     parser.add_argument("--keep_work_dir", action="store_true")
-    args = parser.parse_args(argv)
+    from common import console
+
+    args = console.parse_quietly(parser, argv)
     logging.basicConfig(level=logging.INFO)
     derived = build_fh_dataset(
         args.dataset,

@@ -921,7 +921,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--annotations", action="append", help="coco: [SPLIT=]instances JSON (repeat per split)"
     )
-    args = parser.parse_args(argv)
+    from common import console
+
+    args = console.parse_quietly(parser, argv)
     if args.kind == "coco":
         images = _split_paths(args.images, "--images")
         annotations = _split_paths(args.annotations, "--annotations")

@@ -31,11 +31,7 @@ def run_table(
         help="root of the runs' workdirs; finished runs found there are reused",
     )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--verbosity", type=int, default=None, help="as absl's: 0 shows the libraries' INFO logs"
-    )
-    args = parser.parse_args(argv[1:])
-    console.quiet(args.verbosity)
+    args = console.parse_quietly(parser, argv[1:])
     code, start = report.commit(), time.perf_counter()
     body = build(args.quick, args.workdir, args.seed)
     text = report.header(title, argv, time.perf_counter() - start, code, reused=runs.REUSED)
