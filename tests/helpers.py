@@ -348,3 +348,75 @@ def start_two_processes(
             )  # fmt: skip
         )
     return procs
+
+
+# The FH pipeline's photographs and checks (test_fh_masks, test_beam_dask).
+FH_SETTINGS = ((100.0, 50), (1000.0, 1000))
+
+
+def skimage_photos(scale=2):
+    """Real photographs shipped with scikit-image, downscaled by `scale` to keep tests fast."""
+    import skimage.data
+    from PIL import Image
+
+    photos = {}
+    for name in ("astronaut", "coffee", "chelsea"):
+        image = Image.fromarray(getattr(skimage.data, name)())
+        photos[name] = image.resize((image.width // scale, image.height // scale), Image.BILINEAR)
+    return photos
+
+
+def photo_folder(root, scale=2):
+    """Writes the photos (two PNG, one JPEG) and returns {file name: pixels written}."""
+    os.makedirs(root, exist_ok=True)
+    originals = {}
+    for name, image in skimage_photos(scale).items():
+        # One JPEG: the pipeline must segment the decoded JPEG, not the array it came from.
+        ext = "jpg" if name == "coffee" else "png"
+        image.save(os.path.join(root, f"{name}.{ext}"), quality=90)
+        originals[f"{name}.{ext}"] = np.asarray(image)
+    return originals
+
+
+def prepare_photo_folder(data_dir, root, name="photos"):
+    """The `folder_images/<name>` dataset of the folder `root`, prepared in `data_dir`."""
+    from common.data.folder_builders import FolderImages, ImageFolderConfig
+
+    config = ImageFolderConfig(name=name, root_dir=str(root))
+    builder = FolderImages(config=config, data_dir=str(data_dir))
+    builder.download_and_prepare()
+    return builder
+
+
+def records_by_name(builder, split="train", key="image/filename"):
+    """A split's examples as numpy, keyed by `key` (decoded file names or integer ids)."""
+    import tensorflow_datasets as tfds
+
+    records = tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False))
+    out = {}
+    for ex in records:
+        name = ex[key]
+        out[name.decode() if isinstance(name, bytes) else int(name)] = ex
+    return out
+
+
+def fh_reference(image, settings=FH_SETTINGS):
+    """scikit-image's own FH segments of `image`, one map per setting."""
+    from skimage.segmentation import felzenszwalb
+
+    return np.stack([felzenszwalb(image, scale=s, sigma=0.8, min_size=m) for s, m in settings])
+
+
+def check_fh_exact(derived, source, originals):
+    """A derived FH dataset copies `source` unchanged and holds exactly skimage's segments."""
+    assert derived.info.features["fh_masks"].shape == (2, None, None)
+    out, src = records_by_name(derived), records_by_name(source)
+    assert sorted(out) == sorted(originals)
+    for name, ex in out.items():
+        # Every source feature is copied unchanged.
+        np.testing.assert_array_equal(ex["image"], src[name]["image"])
+        # FH of the image as decoded by TFDS, exactly skimage's output.
+        np.testing.assert_array_equal(ex["fh_masks"], fh_reference(ex["image"]))
+        if name.endswith(".png"):  # lossless: also the original photograph's pixels
+            np.testing.assert_array_equal(ex["image"], originals[name])
+            np.testing.assert_array_equal(ex["fh_masks"], fh_reference(originals[name]))

@@ -24,7 +24,7 @@ import tensorflow_datasets as tfds  # noqa: E402
 from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
 
 from common.data import fh_masks  # noqa: E402
-from tests import test_fh_masks as fh_tests  # noqa: E402
+from tests import helpers  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -74,6 +74,15 @@ def dask_scheduler(tmp_path_factory):
         log.close()
 
 
+def _in_a_fresh_process(fn, *args):
+    """`fn(*args)` in a spawned process: Beam's Dask runner leaves its `distributed` client and
+    IO-loop thread in the process that ran the pipeline, which must not be the test session."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(fn, args)
+
+
 def _top_on_dask(address: str, runner: str, out: str) -> list:
     options = PipelineOptions([f"--runner={runner}", f"--dask_client_address={address}"])
     with beam.Pipeline(options=options) as pipeline:
@@ -87,19 +96,36 @@ def _top_on_dask(address: str, runner: str, out: str) -> list:
         return json.load(f)
 
 
+def _build_fh_on_dask(data_dir: str, address: str) -> str:
+    """Builds the FH dataset of the photo folder through the Dask cluster; its full name."""
+    options = (
+        f"runner=common.data.beam_dask.DaskRunner,dask_client_address={address},"
+        "dask_partition_size=1"  # one shard per Dask partition: spread over the workers
+    )
+    return fh_masks.build_fh_dataset(
+        "folder_images/photos",
+        data_dir,
+        fh_settings=helpers.FH_SETTINGS,
+        use_beam=True,
+        beam_pipeline_options=options,
+        records_per_shard=1,
+    ).info.full_name
+
+
 def test_finish_bundle_outputs_reach_the_next_transform(dask_scheduler, tmp_path):
     # Beam's own runner loses them (the reason for common.data.beam_dask); if this starts to
     # fail, Beam fixed it and beam_dask.DaskRunner can go.
     upstream = "apache_beam.runners.dask.dask_runner.DaskRunner"
-    assert _top_on_dask(dask_scheduler, upstream, str(tmp_path / "a.json")) == []
+    a, b = str(tmp_path / "a.json"), str(tmp_path / "b.json")
+    assert _in_a_fresh_process(_top_on_dask, dask_scheduler, upstream, a) == []
     ours = "common.data.beam_dask.DaskRunner"
-    assert _top_on_dask(dask_scheduler, ours, str(tmp_path / "b.json")) == [9]
+    assert _in_a_fresh_process(_top_on_dask, dask_scheduler, ours, b) == [9]
 
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory):
     root = tmp_path_factory.mktemp("photos")
-    return str(root), fh_tests._photo_folder(str(root))
+    return str(root), helpers.photo_folder(str(root))
 
 
 @pytest.mark.slow
@@ -108,25 +134,24 @@ def test_fh_masks_on_a_dask_cluster_equal_the_local_run(photos, dask_scheduler, 
     built = {}
     for engine in ("local", "dask"):
         data_dir = str(tmp_path / engine)
-        fh_tests._prepare_folder(data_dir, root)
-        options = (
-            f"runner=common.data.beam_dask.DaskRunner,dask_client_address={dask_scheduler},"
-            "dask_partition_size=1"  # one shard per Dask partition: spread over the workers
-        )
-        built[engine] = fh_masks.build_fh_dataset(
-            "folder_images/photos",
-            data_dir,
-            fh_settings=fh_tests.SETTINGS,
-            use_beam=engine == "dask",
-            beam_pipeline_options=options if engine == "dask" else None,
-            records_per_shard=1,
-        )
-    local, dask = (fh_tests._records(built[e]) for e in ("local", "dask"))
+        helpers.prepare_photo_folder(data_dir, root)
+    built["local"] = fh_masks.build_fh_dataset(
+        "folder_images/photos",
+        str(tmp_path / "local"),
+        fh_settings=helpers.FH_SETTINGS,
+        use_beam=False,
+        records_per_shard=1,
+    )
+    name, config, version = _in_a_fresh_process(
+        _build_fh_on_dask, str(tmp_path / "dask"), dask_scheduler
+    ).rsplit("/", 2)
+    built["dask"] = tfds.builder(f"{name}/{config}:{version}", data_dir=str(tmp_path / "dask"))
+    local, dask = (helpers.records_by_name(built[e]) for e in ("local", "dask"))
     assert sorted(dask) == sorted(local) == sorted(originals)
     for name, record in local.items():
         assert record.keys() == dask[name].keys()
         for key in record:
             np.testing.assert_array_equal(dask[name][key], record[key], err_msg=f"{name} {key}")
     source = tfds.builder("folder_images/photos", data_dir=str(tmp_path / "dask"))
-    fh_tests._check_exact(built["dask"], source, originals)
+    helpers.check_fh_exact(built["dask"], source, originals)
     assert built["dask"].info.metadata["fh_dtype"] == built["local"].info.metadata["fh_dtype"]

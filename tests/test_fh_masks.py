@@ -12,57 +12,20 @@ import pytest
 import skimage.data
 import tensorflow_datasets as tfds
 from PIL import Image
-from skimage.segmentation import felzenszwalb
 
 from common.data import build_tools, fh_masks, segmentation
-from common.data.folder_builders import FolderImages, ImageFolderConfig
 from common.data.synthetic_scenes import SyntheticScenes, SyntheticScenesConfig
+from tests.helpers import FH_SETTINGS as SETTINGS
+from tests.helpers import check_fh_exact as _check_exact
+from tests.helpers import fh_reference as _reference
+from tests.helpers import photo_folder as _photo_folder
+from tests.helpers import prepare_photo_folder as _prepare_folder
+from tests.helpers import records_by_name as _records
+from tests.helpers import skimage_photos as _photos
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SETTINGS = ((100.0, 50), (1000.0, 1000))
 DERIVED = "folder_images_fh/photos-fh100-50_1000-1000"
 _REAL_FELZENSZWALB_IDS = segmentation.felzenszwalb_ids
-
-
-def _photos(scale=2):
-    """Real photographs shipped with scikit-image, downscaled by `scale` to keep tests fast."""
-    photos = {}
-    for name in ("astronaut", "coffee", "chelsea"):
-        image = Image.fromarray(getattr(skimage.data, name)())
-        photos[name] = image.resize((image.width // scale, image.height // scale), Image.BILINEAR)
-    return photos
-
-
-def _photo_folder(root, scale=2):
-    """Writes the photos (two PNG, one JPEG) and returns {file name: pixels written}."""
-    os.makedirs(root, exist_ok=True)
-    originals = {}
-    for name, image in _photos(scale).items():
-        # One JPEG: the pipeline must segment the decoded JPEG, not the array it came from.
-        ext = "jpg" if name == "coffee" else "png"
-        image.save(os.path.join(root, f"{name}.{ext}"), quality=90)
-        originals[f"{name}.{ext}"] = np.asarray(image)
-    return originals
-
-
-def _prepare_folder(data_dir, root, name="photos"):
-    config = ImageFolderConfig(name=name, root_dir=str(root))
-    builder = FolderImages(config=config, data_dir=str(data_dir))
-    builder.download_and_prepare()
-    return builder
-
-
-def _records(builder, split="train", key="image/filename"):
-    records = tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False))
-    out = {}
-    for ex in records:
-        name = ex[key]
-        out[name.decode() if isinstance(name, bytes) else int(name)] = ex
-    return out
-
-
-def _reference(image, settings=SETTINGS):
-    return np.stack([felzenszwalb(image, scale=s, sigma=0.8, min_size=m) for s, m in settings])
 
 
 @pytest.fixture(scope="module")
@@ -78,20 +41,6 @@ def photo_data_dir(photos, tmp_path):
     root, _ = photos
     _prepare_folder(tmp_path, root)
     return str(tmp_path)
-
-
-def _check_exact(derived, source, originals):
-    assert derived.info.features["fh_masks"].shape == (2, None, None)
-    out, src = _records(derived), _records(source)
-    assert sorted(out) == sorted(originals)
-    for name, ex in out.items():
-        # Every source feature is copied unchanged.
-        np.testing.assert_array_equal(ex["image"], src[name]["image"])
-        # FH of the image as decoded by TFDS, exactly skimage's output.
-        np.testing.assert_array_equal(ex["fh_masks"], _reference(ex["image"]))
-        if name.endswith(".png"):  # lossless: also the original photograph's pixels
-            np.testing.assert_array_equal(ex["image"], originals[name])
-            np.testing.assert_array_equal(ex["fh_masks"], _reference(originals[name]))
 
 
 @pytest.mark.parametrize("use_beam", [False, True], ids=["local", "beam_in_memory"])
