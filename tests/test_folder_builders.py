@@ -141,15 +141,19 @@ def test_masks_next_to_images(tmp_path):
 
 def test_version_1_datasets_mask_feature_is_read_as_instance_mask(tmp_path):
     """folder_images 1.0.0 stored its masks as `mask`: such a prepared dataset still trains with
-    `mask_source=gt` (`common.data.sources`, through which every pipeline and evaluator opens a
-    dataset, reads it as `instance_mask`); another dataset's `mask` is not taken for instances."""
-    from common.data import pipeline
+    `mask_source=gt` and feeds the evaluators: `common.data.sources`, through which every
+    pipeline and evaluator opens a dataset, reads it as `instance_mask` (the gt pipeline on a
+    folder_images dataset: test_masks_next_to_images); another dataset's `mask` is not taken
+    for instances."""
+    from types import SimpleNamespace
+
+    from common.data import sources
 
     image = np.asarray(_photo("astronaut", scale=8))
     mask = np.zeros(image.shape[:2], np.uint8)
     mask[10:30, 20:40] = 2
 
-    def store(name):
+    def open_stored(name):
         features = tfds.features.FeaturesDict({
             "image": tfds.features.Image(shape=(None, None, 3)),
             "mask": tfds.features.Image(shape=(None, None, 1), encoding_format="png"),
@@ -158,16 +162,15 @@ def test_version_1_datasets_mask_feature_is_read_as_instance_mask(tmp_path):
             name=name, config="old", version="1.0.0", features=features, data_dir=str(tmp_path),
             split_datasets={"train": [("a", {"image": image, "mask": mask[..., None]})]},
         )  # fmt: skip
+        cfg = SimpleNamespace(name=f"{name}/old", data_dir=str(tmp_path))
+        return sources.open_source(cfg, "train", ["image", "instance_mask"], 0, 1, None)
 
-    store("folder_images")
-    data = {"name": "folder_images/old", "data_dir": str(tmp_path), "mask_source": "gt",
-            "image_size": 16, "crop_scale": (1.0, 1.0), "flip": False}  # fmt: skip
-    batch = next(pipeline.make_pretrain_iterator(data, global_batch_size=1, seed=0))
-    assert set(np.unique(batch["mask1"])) == {0, 2}
-    store("other_images")
-    with pytest.raises(ValueError, match=r"has no feature\(s\) \['instance_mask'\]"):
-        next(pipeline.make_pretrain_iterator(dict(data, name="other_images/old"),
-                                             global_batch_size=1, seed=0))  # fmt: skip
+    source = open_stored("folder_images")
+    assert source.features == {"image", "instance_mask"}
+    (ex,) = source.dataset.take(1)
+    ids = source.decode("instance_mask", ex["instance_mask"], channels=1)
+    np.testing.assert_array_equal(ids.numpy()[..., 0], mask)
+    assert open_stored("other_images").features == {"image"}
 
 
 def test_mask_shape_mismatch_names_both_files(tmp_path):
