@@ -24,20 +24,20 @@ An object is kept only if, in at least one frame, at least 15% of it and ~0.2% o
 so every id appears in the clip. Clip `index` of split `split_id` is rendered from
 `np.random.default_rng([seed, split_id, index])`.
 
-Frame rate (`FPS` = 4 frames per second). The generator's motion is specified per frame, for a
-64 px frame: objects move up to 1.5 px per frame along each axis (2.3% of the frame width), spin
-up to 0.15 rad and grow or shrink up to 2.5% per frame; the camera pans up to 0.75 px per frame.
-At 4 fps that is at most 9.4% of the frame width per second (at that top speed an object takes
-about 11 s to cross the frame, as a person walking across a wide shot), 34 degrees per second of
-rotation, 10% per second of scale change (walking towards the camera from ~14 m) and a slow pan
-(<= 4.7% of the frame per second): ordinary real-world speeds. At 25 fps the same clips would show objects crossing the
-frame in under 2 s and spinning at 215 degrees per second. The rate also fits VITO's offsets
-in seconds: the defaults `data.min_offset_seconds, max_offset_seconds = 0.04, 2.0` give frame
-offsets `ceil(0.04 * 4) .. floor(2.0 * 4) = 1 .. 8` in the 16-frame clips (a 4 s clip; an offset
-of at most half the clip leaves the first frame's position free), exactly the frame offsets of
-the local VITO config before clips recorded a rate, and every value of docs/METHODS.md §7.3's
-maximum-offset sweep {0.5, 1, 2.5} s is a distinct whole number of frames inside the clip
-(2, 4, 10). The `tiny` clips (8 frames, 2 s) take offsets 1..7.
+Frame rate (`FPS` = 4 frames per second). The generator's motion is specified per frame, for a 64
+px frame: objects move up to 1.5 px per frame along each axis (2.3% of the frame width), spin up to
+0.15 rad and grow or shrink up to 2.5% per frame; the camera pans up to 0.75 px per frame. At 4 fps
+that is at most 9.4% of the frame width per second (at that top speed an object takes about 11 s to
+cross the frame, as a person walking across a wide shot), 34 degrees per second of rotation, 10%
+per second of scale change (walking towards the camera from ~14 m) and a slow pan (<= 4.7% of the
+frame per second): ordinary real-world speeds. At 25 fps the same clips would show objects crossing
+the frame in under 2 s and spinning at 215 degrees per second. The rate also fits VITO's offsets in
+seconds: the defaults `data.min_offset_seconds, max_offset_seconds = 0.04, 2.0` give frame offsets
+`ceil(0.04 * 4) .. floor(2.0 * 4) = 1 .. 8` in the 16-frame clips (a 4 s clip; an offset of at most
+half the clip leaves the first frame's position free), exactly the frame offsets of the local VITO
+config before clips recorded a rate, and every value of docs/METHODS.md §7.3's maximum-offset sweep
+{0.5, 1, 2.5} s is a distinct whole number of frames inside the clip (2, 4, 10). The `tiny` clips
+(8 frames, 2 s) take offsets 1..7.
 
 Configs: `default` (16 frames of 64 px, 2,000 / 200 / 200 clips, seed 0) and `tiny` (8 frames of
 64 px, 32 / 8 / 8 clips), both `natural`; `legacy` (as `default`) and `legacy_tiny` (as `tiny`)
