@@ -13,11 +13,12 @@ Paper scale (ResNet-50, batch 4096, LARS; a video TFDS dataset, e.g. one written
 
 Unverified (docs/METHODS.md §7.7), each a config field with a [DEFAULT]:
 * temporal offset: in seconds on datasets that record a per-clip frame rate (`fps`, as
-  `common.data.folder_builders videos` writes): `data.min_offset_seconds..max_offset_seconds`,
-  default 0.04..2 s (1..50 frames at 25 fps; 2 s is near the top of docs/METHODS.md's 0-2.5 s
-  sweep); in frames otherwise (`data.min_offset..max_offset`: 1..8 for the local clips, which
-  record no rate), or with `data.offset_unit=frames` / the `min_offset`, `max_offset`
-  arguments;
+  `common.data.folder_builders videos` and `synthetic_videos` >= 3.0.0 write):
+  `data.min_offset_seconds..max_offset_seconds`, default 0.04..2 s (1..50 frames at 25 fps;
+  1..8 frames in the local clips, 4 fps; 2 s is near the top of docs/METHODS.md's 0-2.5 s
+  sweep); in frames on datasets without a rate (`data.min_offset..max_offset`: 1..8 locally,
+  the same frames as the seconds give, for clips prepared before `synthetic_videos` 3.0.0),
+  or with `data.offset_unit=frames` / the `min_offset`, `max_offset` arguments;
 * crop scale: `data.crop_scale = (0.3, 1.0)` (BYOL's is (0.08, 1); VITO raises the minimum,
   value unverified, 0.2-0.4 plausible);
 * attention pooling: stages `stage3`, `stage4` (the paper's stages 4 and 5), hidden 512 (the
@@ -68,6 +69,8 @@ def get_config(arg: str | None = None):
         )  # fmt: skip
     else:
         config.data.name = args.dataset or "synthetic_videos"
+        # Used only without a recorded rate (synthetic_videos before 3.0.0): the frames that
+        # the default 0.04..2 s give at the embedded clips' 4 fps.
         config.data.min_offset, config.data.max_offset = 1, 8
         image_data = "synthetic_scenes"
         for name in _IMAGE_EVALS:

@@ -4,6 +4,7 @@ import functools
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -351,29 +352,106 @@ def test_scenes_config_validation():
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("style", procedural.STYLES)
-def test_videos_builder(tmp_path, style):
-    config = SyntheticVideosConfig(
-        name="small", num_frames=6, num_train=3, num_validation=1, num_test=1, style=style
-    )
-    builder = _build(SyntheticVideos, config, tmp_path, num_workers=1)
+def test_tiny_videos_are_the_renders(data_dir):
+    # The `tiny` config (natural since 3.0.0), built in the session's data_dir that the VITO
+    # tests and notebooks read too (one build): the validation and test records are the renders
+    # of (seed, split, index), with the recorded frame rate (the train split goes through the
+    # same code with split id 0). So a rebuild is identical: the renders are a function of those
+    # alone (test_natural_clip_is_a_function_of_seed_split_and_index).
+    import ml_collections
+
+    from common.data import loading
+
+    data = ml_collections.ConfigDict({"name": "synthetic_videos/tiny", "data_dir": data_dir,
+                                      "split": "train", "build_if_missing": True})  # fmt: skip
+    loading.ensure_dataset(data)
+    builder = loading.get_builder(data)
     features = builder.info.features
-    assert features["video"].shape == (6, 64, 64, 3)
-    assert features["instance_masks"].shape == (6, 64, 64)
+    assert features["video"].shape == (8, 64, 64, 3)
+    assert features["instance_masks"].shape == (8, 64, 64)
     assert features["instance_masks"].np_dtype == np.uint8
-    records = _records(builder, "train")
-    assert len(records) == 3
-    clips = [
-        procedural.render_clip(np.random.default_rng([0, 0, i]), 64, 6, style=style)
-        for i in range(3)
-    ]
-    for ex in records:
-        matches = [c for c in clips if np.array_equal(c.video, ex["video"])]
-        assert len(matches) == 1  # PNG frames: lossless
-        np.testing.assert_array_equal(ex["instance_masks"], matches[0].instance_masks)
-        assert ex["label"] == matches[0].label
-    again = _build(SyntheticVideos, config, tmp_path / "again", num_workers=1)
-    _assert_same_records(_records(builder, "test"), _records(again, "test"))
+    assert features["fps"].np_dtype == np.float32
+    assert builder.info.metadata["style"] == "natural" and builder.info.metadata["fps"] == 4.0
+    for split_id, split in ((1, "validation"), (2, "test")):
+        records = _records(builder, split)
+        assert len(records) == 8
+        clips = [
+            procedural.render_clip(np.random.default_rng([0, split_id, i]), 64, 8, style="natural")
+            for i in range(8)
+        ]
+        for ex in records:
+            matches = [c for c in clips if np.array_equal(c.video, ex["video"])]
+            assert len(matches) == 1  # PNG frames: lossless
+            np.testing.assert_array_equal(ex["instance_masks"], matches[0].instance_masks)
+            assert ex["label"] == matches[0].label
+            assert ex["fps"] == np.float32(4.0) and ex["fps"].dtype == np.float32
+
+
+# SHA-256 of three legacy clips (seed 0, split 1, indices 0..2, 8 frames of 64 px: video, masks,
+# instance classes, label) rendered by the 1.0.0 generator, the `procedural.py` of commit
+# ba82136^ (before 2.0.0 added the natural style): `legacy` and `legacy_tiny` must keep it.
+LEGACY_1_0_0_CLIPS_SHA256 = "3ff8f3ec24adee91be496e6cbaf6c39ffa5c3683382332d4ba2e3092a47011ea"
+
+
+def test_legacy_clips_are_the_1_0_0_clips():
+    import hashlib
+
+    digest = hashlib.sha256()
+    for i in range(3):
+        clip = procedural.render_clip(np.random.default_rng([0, 1, i]), 64, 8, style="legacy")
+        for part in (clip.video, clip.instance_masks, clip.instance_classes):
+            digest.update(part.tobytes())
+        digest.update(bytes([clip.label]))
+    assert digest.hexdigest() == LEGACY_1_0_0_CLIPS_SHA256
+    configs = {c.name: c for c in SyntheticVideos.BUILDER_CONFIGS}
+    assert configs["legacy"].style == configs["legacy_tiny"].style == "legacy"
+
+
+def test_natural_clips_are_colour_independent():
+    # The image test (test_natural_classes_are_colour_independent) on clips: class vs mean hue
+    # (6 bins) of every instance over all its frames, 300 two-frame natural clips (~860
+    # instances); independence must not be rejected at the 0.1% level (one fixed draw). The
+    # legacy clips are rejected overwhelmingly even from 60 clips: the statistic sees a link
+    # through the lighting drift and gains.
+    from scipy.stats import chi2_contingency
+
+    def p_value(style, count):
+        clips = [
+            procedural.render_clip(np.random.default_rng([0, 0, i]), 64, 2, style=style)
+            for i in range(count)
+        ]
+        # A clip's frames stacked as one tall image: each instance's pixels over the clip.
+        as_scenes = [
+            SimpleNamespace(
+                image=c.video.reshape(-1, 64, 3),
+                instance_mask=c.instance_masks.reshape(-1, 64),
+                instance_classes=c.instance_classes,
+            )
+            for c in clips
+        ]
+        classes, hue_bins = _instance_hue_bins(as_scenes)
+        table = np.zeros((procedural.NUM_CLASSES, 6))
+        np.add.at(table, (classes, hue_bins), 1)
+        assert table.sum() >= 2.5 * count  # enough instances for the chi-square
+        return chi2_contingency(table).pvalue
+
+    assert p_value("natural", 300) > 1e-3
+    assert p_value("legacy", 60) < 1e-30
+
+
+def test_natural_clip_is_a_function_of_seed_split_and_index():
+    kwargs = dict(image_size=32, num_frames=3, max_objects=5, encoding="png", style="natural")
+    a = procedural.clip_record(4, seed=2, split_id=1, **kwargs)
+    # Renders in between (other textures, other clips): no hidden state.
+    procedural.render_clip(np.random.default_rng(9), 32, 3, style="natural")
+    b = procedural.clip_record(4, seed=2, split_id=1, **kwargs)
+    assert a["video"] == b["video"] and a["label"] == b["label"]
+    np.testing.assert_array_equal(a["instance_masks"], b["instance_masks"])
+    for other in (dict(seed=3, split_id=1, index=4), dict(seed=2, split_id=0, index=4),
+                  dict(seed=2, split_id=1, index=5)):  # fmt: skip
+        index = other.pop("index")
+        c = procedural.clip_record(index, **other, **kwargs)
+        assert c["video"] != a["video"]
 
 
 def test_videos_config_validation():
@@ -381,3 +459,15 @@ def test_videos_config_validation():
         SyntheticVideosConfig(name="x", encoding="gif")
     with pytest.raises(ValueError, match="num_frames"):
         SyntheticVideosConfig(name="x", num_frames=0)
+    with pytest.raises(ValueError, match="fps must be positive"):
+        SyntheticVideosConfig(name="x", fps=0.0)
+    configs = {c.name: c for c in SyntheticVideos.BUILDER_CONFIGS}
+    assert set(configs) == {"default", "tiny", "legacy", "legacy_tiny"}
+    assert configs["default"].style == configs["tiny"].style == "natural"
+    assert {c.fps for c in configs.values()} == {4.0}
+
+    def sizes(c):
+        return (c.num_frames, c.num_train, c.num_validation, c.num_test, c.image_size)
+
+    assert sizes(configs["default"]) == sizes(configs["legacy"]) == (16, 2000, 200, 200, 64)
+    assert sizes(configs["tiny"]) == sizes(configs["legacy_tiny"]) == (8, 32, 8, 8, 64)

@@ -243,11 +243,11 @@ def test_folder_of_images_with_masks_of_their_own_sizes(tmp_path):
     data = {"name": "folder_images/shapes", "data_dir": str(tmp_path / "d")}
     batch = next(
         dense_data.dense_label_batches(
-            data, "train", batch_size=4, image_size=32, max_mask_size=64, segments="mask"
+            data, "train", batch_size=4, image_size=32, max_mask_size=64, segments="instance_mask"
         )
     )
     assert batch["image"].shape == (4, 32, 32, 3) and batch["instance_mask"].shape == (4, 64, 64)
-    assert "class_mask" not in batch  # folder masks are instances only
+    assert "class_mask" not in batch  # no name_class.png files: instances only
     got = {tuple(hw) for hw in batch["mask_hw"][batch["_valid"]]}
     assert got == set(sizes)
     for i in np.flatnonzero(batch["_valid"]):
@@ -259,7 +259,7 @@ def test_folder_of_images_with_masks_of_their_own_sizes(tmp_path):
     setup, state, mesh = _random_state(config)
     options = {"dataset": "folder_images/shapes", "split": "train", "batch_size": 8,
                "max_mask_size": 64}  # fmt: skip
-    config.evals.discovery.update(options, segments="mask")
+    config.evals.discovery.update(options, segments="instance_mask")
     exact = run_evaluators(setup, state, mesh=mesh, names=["discovery"])
     assert exact["discovery/abo_i"] == pytest.approx(1.0) and "discovery/abo_c" not in exact
     config.evals.discovery.segments = "kmeans"

@@ -14,6 +14,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from common.data import build_tools, fh_masks, segmentation
+from common.data.folder_builders import FolderImages
 from common.data.synthetic_scenes import SyntheticScenes, SyntheticScenesConfig
 from tests.helpers import FH_SETTINGS as SETTINGS
 from tests.helpers import check_fh_exact as _check_exact
@@ -25,6 +26,7 @@ from tests.helpers import skimage_photos as _photos
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DERIVED = "folder_images_fh/photos-fh100-50_1000-1000"
+VERSION = str(FolderImages.VERSION)  # a derived dataset takes its source's version
 _REAL_FELZENSZWALB_IDS = segmentation.felzenszwalb_ids
 
 
@@ -54,14 +56,14 @@ def test_fh_exact_on_photographs(photos, photo_data_dir, use_beam):
         beam_pipeline_options="direct_running_mode=in_memory",
         records_per_shard=2,
     )
-    assert derived.info.full_name == f"{DERIVED}/1.0.0"
+    assert derived.info.full_name == f"{DERIVED}/{VERSION}"
     assert derived.info.features["fh_masks"].np_dtype == np.uint8
     source = tfds.builder("folder_images/photos", data_dir=photo_data_dir)
     _check_exact(derived, source, originals)
     # Readable by name from the files alone, like any prepared TFDS dataset.
     again = tfds.builder(DERIVED, data_dir=photo_data_dir)
     assert again.info.metadata["fh_settings"] == [list(s) for s in SETTINGS]
-    work = os.path.join(photo_data_dir, "downloads/fh_work", *DERIVED.split("/"), "1.0.0")
+    work = os.path.join(photo_data_dir, "downloads/fh_work", *DERIVED.split("/"), VERSION)
     assert not os.path.exists(work)  # FH files are deleted once the dataset is written
 
 
@@ -132,7 +134,7 @@ def test_resume_after_failure_skips_finished_shards(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="simulated crash"):
         fh_masks.build_fh_dataset("folder_images/crops", data_dir, **kwargs)
     assert len(calls) == 3
-    work = tmp_path / "tfds/downloads/fh_work/folder_images_fh/crops-fh50-20/1.0.0"
+    work = tmp_path / "tfds/downloads/fh_work/folder_images_fh/crops-fh50-20" / VERSION
     assert sorted(os.listdir(work)) == ["train-0000000000-0000000002.npz"]  # no partial file
     derived_name = "folder_images_fh/crops-fh50-20"
     with pytest.raises(tfds.core.registered.DatasetNotFoundError):
@@ -168,7 +170,7 @@ def test_killed_run_leaves_no_prepared_dataset_and_resumes(photos, photo_data_di
     assert result.returncode == -9, result.stderr.decode()[-2000:]
     config_dir = os.path.join(photo_data_dir, *DERIVED.split("/"))
     leftovers = os.listdir(config_dir)
-    assert "1.0.0" not in leftovers  # never renamed into place ...
+    assert VERSION not in leftovers  # never renamed into place ...
     assert any(name.startswith("incomplete") for name in leftovers)  # ... only TFDS's tmp dir
     with pytest.raises(tfds.core.registered.DatasetNotFoundError):
         tfds.load(DERIVED, data_dir=photo_data_dir)
@@ -344,9 +346,9 @@ def test_command_line_and_parsing(photo_data_dir, capsys):
         ["--dataset", "folder_images/photos", "--data_dir", photo_data_dir, "--fh", "500:300"]
         + ["--local", "--split", "train", "--keep_work_dir"]
     )
-    assert "folder_images_fh/photos-fh500-300/1.0.0 ready" in capsys.readouterr().out
+    assert f"folder_images_fh/photos-fh500-300/{VERSION} ready" in capsys.readouterr().out
     work = os.path.join(photo_data_dir, "downloads/fh_work/folder_images_fh/photos-fh500-300")
-    assert os.listdir(os.path.join(work, "1.0.0"))  # kept on request
+    assert os.listdir(os.path.join(work, VERSION))  # kept on request
     assert segmentation.parse_fh_settings("1000:1000, 500:500") == ((1000.0, 1000), (500.0, 500))
     with pytest.raises(ValueError, match="SCALE:MIN_SIZE"):
         segmentation.parse_fh_settings("1000")

@@ -94,22 +94,83 @@ def test_split_and_class_directories(tmp_path):
 
 
 def test_masks_next_to_images(tmp_path):
+    """`name_mask.png` -> `instance_mask`, `name_class.png` -> `class_mask` (2.0.0); DetCon's
+    `mask_source=gt` pipeline reads the ids, with 255 void (-1)."""
+    from common.data import pipeline
+
     root = tmp_path / "m"
     root.mkdir()
-    ids = {}
+    ids, classes = {}, {}
     for i, name in enumerate(["astronaut", "chelsea"]):
         image = _photo(name)
         image.save(root / f"{name}.png")
         mask = np.zeros((image.height, image.width), dtype=np.uint8)
         mask[5:20, 10 : 30 + i] = 3 + i
+        mask[40:60, 40:70] = 1
+        mask[20, :] = 255  # a void line (PASCAL VOC's outlines)
         Image.fromarray(mask).save(root / f"{name}_mask.png")
-        ids[f"{name}.png"] = mask
-    builder = _build_images(root, tmp_path / "tfds")
-    assert builder.info.features["mask"].shape == (None, None, 1)
+        cls = np.where(mask == 255, 255, np.where(mask > 0, 2 + (mask == 1), 0)).astype(np.uint8)
+        Image.fromarray(cls).save(root / f"{name}_class.png")
+        ids[f"{name}.png"], classes[f"{name}.png"] = mask, cls
+    builder = _build_images(root, tmp_path / "tfds", name="m")
+    assert builder.info.features["instance_mask"].shape == (None, None, 1)
+    assert builder.info.features["class_mask"].shape == (None, None, 1)
+    assert "mask" not in builder.info.features
     records = _records(builder)
     assert sorted(records) == ["astronaut.png", "chelsea.png"]  # masks are not images
     for name, ex in records.items():
-        np.testing.assert_array_equal(ex["mask"][..., 0], ids[name])
+        np.testing.assert_array_equal(ex["instance_mask"][..., 0], ids[name])
+        np.testing.assert_array_equal(ex["class_mask"][..., 0], classes[name])
+
+    # DetCon's ground-truth masks: the largest square views, unflipped, carry the ids, void -1.
+    data = {"name": "folder_images/m", "data_dir": str(tmp_path / "tfds"), "mask_source": "gt",
+            "image_size": 16, "crop_scale": (1.0, 1.0), "crop_ratio": (1.0, 1.0), "flip": False,
+            "shuffle_buffer": 1}  # fmt: skip
+    batch = next(pipeline.make_pretrain_iterator(data, global_batch_size=2, seed=0))
+    assert sorted(int(m.max()) for m in batch["mask1"]) == [3, 4]  # one row per image
+    for m in batch["mask1"]:
+        assert {0, 1, int(m.max())} <= set(np.unique(m).tolist()) <= {-1, 0, 1, int(m.max())}
+    # The evaluators read `instance_mask` and `class_mask` through `common.eval.dense_data`
+    # (tests/test_eval.py: object discovery on a folder_images dataset).
+
+    # A class mask without its image, or an image without one, is an error naming the files.
+    os.remove(root / "chelsea_class.png")
+    with pytest.raises(ValueError, match=r"chelsea\.png has no class mask .*chelsea_class\.png"):
+        _build_images(root, tmp_path / "tfds2")
+
+
+def test_version_1_datasets_mask_feature_is_read_as_instance_mask(tmp_path):
+    """folder_images 1.0.0 stored its masks as `mask`: such a prepared dataset still trains with
+    `mask_source=gt` and feeds the evaluators: `common.data.sources`, through which every
+    pipeline and evaluator opens a dataset, reads it as `instance_mask` (the gt pipeline on a
+    folder_images dataset: test_masks_next_to_images); another dataset's `mask` is not taken
+    for instances."""
+    from types import SimpleNamespace
+
+    from common.data import sources
+
+    image = np.asarray(_photo("astronaut", scale=8))
+    mask = np.zeros(image.shape[:2], np.uint8)
+    mask[10:30, 20:40] = 2
+
+    def open_stored(name):
+        features = tfds.features.FeaturesDict({
+            "image": tfds.features.Image(shape=(None, None, 3)),
+            "mask": tfds.features.Image(shape=(None, None, 1), encoding_format="png"),
+        })  # fmt: skip
+        tfds.dataset_builders.store_as_tfds_dataset(
+            name=name, config="old", version="1.0.0", features=features, data_dir=str(tmp_path),
+            split_datasets={"train": [("a", {"image": image, "mask": mask[..., None]})]},
+        )  # fmt: skip
+        cfg = SimpleNamespace(name=f"{name}/old", data_dir=str(tmp_path))
+        return sources.open_source(cfg, "train", ["image", "instance_mask"], 0, 1, None)
+
+    source = open_stored("folder_images")
+    assert source.features == {"image", "instance_mask"}
+    (ex,) = source.dataset.take(1)
+    ids = source.decode("instance_mask", ex["instance_mask"], channels=1)
+    np.testing.assert_array_equal(ids.numpy()[..., 0], mask)
+    assert open_stored("other_images").features == {"image"}
 
 
 def test_mask_shape_mismatch_names_both_files(tmp_path):
@@ -177,7 +238,7 @@ def test_image_folder_command_line(tmp_path, capsys):
     root.mkdir()
     _photo("chelsea").save(root / "cat.png")
     folder_builders.main(["images", "--root_dir", str(root), "--data_dir", str(tmp_path / "d")])
-    assert "folder_images/my_photos/1.0.0 ready" in capsys.readouterr().out
+    assert "folder_images/my_photos/2.0.0 ready" in capsys.readouterr().out
     loaded = tfds.load("folder_images/my_photos", data_dir=str(tmp_path / "d"), split="train")
     assert len(list(loaded)) == 1
 

@@ -3,12 +3,14 @@ the training step (tiny configs, tests/helpers.py).
 
 * `AttentionPool`: weights sum to 1 over space, pooling equals a numpy reference, zero logits
   (the initial state) equal global mean pooling;
-* frame pairs: the trainer reads `video_pairs` when `data.kind` says so, offset 0 cuts both views
-  from one frame; offsets limits and clip boundaries: tests/test_pipeline.py (test_video_pairs_*);
+* frame pairs: the trainer reads `video_pairs` when `data.kind` says so, with offsets in seconds
+  at the embedded clips' recorded rate, and offset 0 (in frames) cuts both views from one frame;
+  offsets limits and clip boundaries: tests/test_pipeline.py (test_video_pairs_*);
 * curation: the real Beam pipeline on a constructed dataset with a classifier whose predictions
   are known keeps and drops the right videos, and writes them unchanged; videos shorter than
-  `min_seconds` (frame count / fps) are dropped before the classifier; a checkpoint of this
-  framework classifies through `CheckpointClassifier`;
+  `min_seconds` (frame count / fps) are dropped before the classifier, also with the rate the
+  embedded `synthetic_videos` record; a checkpoint of this framework classifies through
+  `CheckpointClassifier`;
 * label propagation: J = F = 1 for a perfect propagation, known values for a shifted mask;
 * a tiny `common.train.main` VITO run compiles its step once, logs per-scale losses, draws the
   attention pictures and runs the label propagation evaluator.
@@ -134,13 +136,24 @@ def test_trainer_reads_frame_pairs_and_offset_zero_is_one_frame(data_dir):
 
     config = _vito_config(data_dir)
     loading.ensure_dataset(config.data)
+    builder = loading.get_builder(config.data)
+    assert builder.info.features["fps"].np_dtype == np.float32
+    fps = builder.info.metadata["fps"]
+    assert fps == 4.0
     batch = next(train.make_data_iterator(config, 0))
     d = batch["frame2"] - batch["frame1"]
     assert batch["view1"].shape == (16, 32, 32, 3)
-    assert (d >= config.data.min_offset).all() and (d <= config.data.max_offset).all()
+    # The clips record their rate, so the offsets are the default seconds at 4 fps: 0.04..2 s
+    # -> frames ceil(0.16) = 1 .. floor(8) = 8, cut to 7 by the 8-frame clips.
+    lo = int(np.ceil(config.data.min_offset_seconds * fps))
+    hi = min(int(np.floor(config.data.max_offset_seconds * fps)), 7)
+    assert (lo, hi) == (1, 7)
+    assert (d >= lo).all() and (d <= hi).all() and d.max() > 1
     assert (batch["frame2"] < 8).all()  # the tiny clips have 8 frames
 
-    same = _vito_config(data_dir, **{"data.min_offset": 0, "data.max_offset": 0})
+    same = _vito_config(
+        data_dir, **{"data.min_offset": 0, "data.max_offset": 0, "data.offset_unit": "frames"}
+    )
     batch = next(train.make_data_iterator(same, 0))
     np.testing.assert_array_equal(batch["frame1"], batch["frame2"])
     bad = _vito_config(data_dir, **{"data.kind": "clips"})
@@ -286,15 +299,19 @@ def test_curation_drops_short_videos_before_the_classifier(tmp_path):
     assert report["output"].endswith("-s10")
 
     # A stated rate replaces the recorded ones: at 0.2 fps the lengths are 20, 20, 15, 10 s.
-    report = curate.curate(
-        "curate_timed_videos", d, PixelCodeClassifier, fps=0.2, min_seconds=12,
-        report_path=str(tmp_path / "r2.json"), **common,
-    )  # fmt: skip
-    rows = report["videos"]
+    # (The scoring function on the source's shard: the Beam pass around it ran above.)
+    from common.data import build_tools
+    from common.data.shards import plan_source_shards
+
+    source = build_tools.load_source("curate_timed_videos", d)
+    rate, fps_key, where = curate._frame_rate(source, 0.2, 12.0)
+    assert (rate, fps_key, where) == (0.2, None, "--fps 0.2")
+    job = curate.Job(source.data_dir, "video", "label", 4, None, 12.0, rate, fps_key)
+    _, shards = plan_source_shards(source, ["train"], 4)
+    rows = [r for shard in shards for r in curate.score_shard(job, shard, PixelCodeClassifier())]
     np.testing.assert_allclose([r["seconds"] for r in rows], [20.0, 20.0, 15.0, 10.0])
-    assert [r["kept"] for r in rows] == [True, True, False, False]
-    assert report["splits"]["train"]["dropped_short"] == 1
-    assert report["fps_source"] == "--fps 0.2"
+    assert [r["short"] for r in rows] == [False, False, False, True]
+    assert [r["agreement"] for r in rows] == [1.0, 1.0, 0.0, None]
 
 
 def test_video_length_needs_a_positive_frame_rate():
@@ -310,6 +327,29 @@ def test_video_length_needs_a_positive_frame_rate():
     assert curate.video_length(off, {**ex, "fps": np.float32(0.0)}, "train-1") == (30, None, None)
     with pytest.raises(ValueError, match="--min_seconds must be >= 0"):
         curate.curate("unused", "", PixelCodeClassifier, min_seconds=-1)
+
+
+def test_curation_length_rule_reads_the_embedded_clips_rate(data_dir):
+    """`synthetic_videos` records its rate (4 fps), so the length rule runs on it without
+    `--fps`: the tiny clips (8 frames) last 2 s, short for `--min_seconds 3`, long enough for 2.
+    The scoring function of the Beam pass on one shard (the pass itself: tests above)."""
+    from common.data import loading
+    from common.data.shards import plan_source_shards
+    from vito import curate
+
+    data = _vito_config(data_dir).data
+    loading.ensure_dataset(data)
+    source = loading.get_builder(data)
+    rate, fps_key, where = curate._frame_rate(source, None, curate.DEFAULT_MIN_SECONDS)
+    assert (rate, fps_key, where) == (None, "fps", "feature 'fps'")
+    _, (shard,) = plan_source_shards(source, ["validation"], 8)
+    for min_seconds, short in ((3.0, True), (2.0, False)):
+        job = curate.Job(source.data_dir, "video", "label", 2, None, min_seconds, None, fps_key)
+        rows = list(curate.score_shard(job, shard, PixelCodeClassifier()))
+        assert len(rows) == 8
+        assert [(r["total_frames"], r["fps"], r["seconds"]) for r in rows] == [(8, 4.0, 2.0)] * 8
+        assert all(r["short"] == short for r in rows)
+        assert all((r["agreement"] is None) == short for r in rows)
 
 
 def test_checkpoint_classifier_predicts_with_the_runs_linear_head(data_dir, tmp_path):

@@ -10,7 +10,9 @@ First, videos shorter than `min_seconds` (default 10, the talk's VideoNet rule) 
 a video's length is its frame count over its frame rate, read from the dataset (a per-video
 `fps` feature, as `common.data.folder_builders videos` writes, or `info.metadata['fps']`) or
 given with `--fps`; a dataset that records no frame rate is an error unless `--fps` states it or
-`--min_seconds 0` turns the rule off. Short videos are not classified. Then, for every remaining
+`--min_seconds 0` turns the rule off. Short videos are not classified. (The embedded
+`synthetic_videos` record 4 fps, so their 16-frame clips last 4 s and the 10 s rule drops them
+all: give them a smaller `--min_seconds`, e.g. 2.) Then, for every remaining
 video, the classifier (a checkpoint of this framework: the
 online network and its linear classifier head `params['classifier']`, trained alongside every
 run, e.g. the `supervised` baseline) predicts a class for each of the first `num_frames` frames;

@@ -15,10 +15,16 @@ PNG, ...) are converted to RGB and stored as PNG. Every image is fully decoded o
 catch corrupt files.
 
 Masks: an image `name.ext` may have a mask `name_mask.png` next to it (8-bit ids, e.g. mode L or
-a palette PNG whose indices are the ids). Chosen over a parallel `masks/` tree because it works
-unchanged with class and split directories. If any image has a mask, every image must have one;
-the feature `mask` (Image (H, W, 1) uint8) is then added. A mask whose size differs from its
-image is an error naming both files.
+a palette PNG whose indices are the ids; 255 is void by default, `common.data.void`). Chosen
+over a parallel `masks/` tree because it works unchanged with class and split directories. If
+any image has a mask, every image must have one; the feature `instance_mask` (Image (H, W, 1)
+uint8) is then added, the name the training pipelines (`data.mask_source=gt`) and the evaluators
+read, as for `coco_folder` and `synthetic_scenes`. (Version 1.0.0 called it `mask`; datasets
+prepared then are still read, `common.data.sources`.) Likewise an image may have class ids
+`name_class.png` (0 background, class c as c; PASCAL VOC's `SegmentationClass` next to its
+`SegmentationObject`), all images or none: the feature `class_mask`, which gives the
+segmentation probe its labels and object discovery its ABO^c. A mask whose size differs from
+its image is an error naming both files.
 
 Videos (`.mp4 .avi .mov .mkv .webm .m4v .mpg .mpeg`) are decoded with PyAV, optionally resampled
 to `fps` (frame k shows the last source frame at or before time k / fps), cut to `max_frames`,
@@ -74,6 +80,9 @@ del tfds_compat  # imported for its fix to TFDS (see the module)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 MASK_SUFFIX = "_mask.png"
+CLASS_SUFFIX = "_class.png"
+# Companion PNGs of an image (suffix replacing its extension) -> the feature they become.
+COMPANIONS = {MASK_SUFFIX: "instance_mask", CLASS_SUFFIX: "class_mask"}
 SPLIT_DIRS = {"train": "train", "val": "validation", "validation": "validation", "test": "test"}
 _MAX_LISTED_SKIPS = 1000  # skipped paths kept in the metadata (the count is always exact)
 
@@ -117,7 +126,9 @@ def _walk(root: str, extensions: Sequence[str]) -> list[str]:
     return sorted(found)
 
 
-def scan_folder(root: str, extensions: Sequence[str], *, exclude_suffix: str | None = None):
+def scan_folder(
+    root: str, extensions: Sequence[str], *, exclude_suffix: str | tuple[str, ...] | None = None
+):
     """Finds the splits, files and classes of a folder (see the module docstring).
 
     Raises:
@@ -177,7 +188,7 @@ class _FolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """Shared machinery: layout scan, splits, skip accounting."""
 
     EXTENSIONS: tuple[str, ...] = ()
-    EXCLUDE_SUFFIX: str | None = None
+    EXCLUDE_SUFFIX: tuple[str, ...] | None = None  # files that are not examples
 
     def __init__(self, **kwargs):
         self._layout: FolderLayout | None = None
@@ -293,32 +304,49 @@ class FolderImages(_FolderBuilder, skip_registration=_SKIP_REGISTRATION):
     """A folder of JPEG/PNG images (optionally with masks and class directories) as TFDS."""
 
     name = "folder_images"
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "First version."}
+    VERSION = tfds.core.Version("2.0.0")
+    RELEASE_NOTES = {
+        "1.0.0": "First version.",
+        "2.0.0": "Instance masks are stored as `instance_mask` (was `mask`), the feature that "
+        "`data.mask_source=gt` training and every evaluator read, as in `coco_folder` and "
+        "`synthetic_scenes` (1.0.0 datasets stay readable: `common.data.sources` reads their "
+        "`mask` as `instance_mask`). New: class ids `name_class.png` -> `class_mask`, for the "
+        "segmentation probe and ABO^c.",
+    }
     EXTENSIONS = IMAGE_EXTENSIONS
-    EXCLUDE_SUFFIX = MASK_SUFFIX
+    EXCLUDE_SUFFIX = tuple(COMPANIONS)
     LOCAL_GENERATION = True
 
     @property
-    def has_masks(self) -> bool:
+    def companions(self) -> list[str]:
+        """The suffixes of `COMPANIONS` that the folder's images have (every image or none).
+
+        Raises:
+          ValueError: a companion file without its image, or some images without one.
+        """
         root = self.builder_config.root_dir
-        masks = set(_walk(root, (MASK_SUFFIX,)))
         images = [f for files in self.layout.files.values() for f in files]
-        expected = {_mask_relpath(f) for f in images}
-        orphans = sorted(masks - expected)
-        if orphans:
-            raise ValueError(
-                f"mask {os.path.join(root, orphans[0])} has no image (expected "
-                f"{os.path.join(root, orphans[0][: -len(MASK_SUFFIX)])}.jpg/.jpeg/.png)"
-            )
-        if masks and masks != expected:
-            missing = sorted(f for f in images if _mask_relpath(f) not in masks)[0]
-            raise ValueError(
-                f"image {os.path.join(root, missing)} has no mask "
-                f"{os.path.join(root, _mask_relpath(missing))}, while other images of "
-                f"{root} have masks: give every image a mask or none"
-            )
-        return bool(masks)
+        found = []
+        for suffix in COMPANIONS:
+            what = "mask" if suffix == MASK_SUFFIX else "class mask"
+            have = set(_walk(root, (suffix,)))
+            expected = {_companion_relpath(f, suffix) for f in images}
+            orphans = sorted(have - expected)
+            if orphans:
+                raise ValueError(
+                    f"{what} {os.path.join(root, orphans[0])} has no image (expected "
+                    f"{os.path.join(root, orphans[0][: -len(suffix)])}.jpg/.jpeg/.png)"
+                )
+            if have and have != expected:
+                missing = sorted(f for f in images if _companion_relpath(f, suffix) not in have)[0]
+                raise ValueError(
+                    f"image {os.path.join(root, missing)} has no {what} "
+                    f"{os.path.join(root, _companion_relpath(missing, suffix))}, while other "
+                    f"images of {root} have one: give every image a {what} or none"
+                )
+            if have:
+                found.append(suffix)
+        return found
 
     def _info(self) -> tfds.core.DatasetInfo:
         features = {
@@ -326,8 +354,10 @@ class FolderImages(_FolderBuilder, skip_registration=_SKIP_REGISTRATION):
             "image/filename": tfds.features.Text(),
             **self._common_features(),
         }
-        if self.has_masks:
-            features["mask"] = tfds.features.Image(shape=(None, None, 1), encoding_format="png")
+        for suffix in self.companions:
+            features[COMPANIONS[suffix]] = tfds.features.Image(
+                shape=(None, None, 1), encoding_format="png"
+            )
         return self.dataset_info_from_configs(
             description=f"Images of the folder {self.builder_config.root_dir}.",
             features=tfds.features.FeaturesDict(features),
@@ -344,8 +374,10 @@ class FolderImages(_FolderBuilder, skip_registration=_SKIP_REGISTRATION):
 
         image = _open_image(path)
         example = {"image": io.BytesIO(_image_bytes(image, path))}
-        if self.has_masks_cached:
-            mask_path = path[: -len(os.path.splitext(path)[1])] + MASK_SUFFIX
+        for suffix, feature in COMPANIONS.items():
+            if feature not in self.info.features:
+                continue
+            mask_path = path[: -len(os.path.splitext(path)[1])] + suffix
             mask = _open_image(mask_path)
             if mask.size != image.size:
                 raise ValueError(
@@ -361,16 +393,12 @@ class FolderImages(_FolderBuilder, skip_registration=_SKIP_REGISTRATION):
                 ids = ids.astype(np.uint8)
             buffer = io.BytesIO()
             Image.fromarray(ids, mode="L").save(buffer, format="PNG")
-            example["mask"] = io.BytesIO(buffer.getvalue())
+            example[feature] = io.BytesIO(buffer.getvalue())
         return example
 
-    @property
-    def has_masks_cached(self) -> bool:
-        return "mask" in self.info.features
 
-
-def _mask_relpath(image_relpath: str) -> str:
-    return os.path.splitext(image_relpath)[0] + MASK_SUFFIX
+def _companion_relpath(image_relpath: str, suffix: str = MASK_SUFFIX) -> str:
+    return os.path.splitext(image_relpath)[0] + suffix
 
 
 # ---------------------------------------------------------------------------------------------

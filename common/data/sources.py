@@ -76,26 +76,28 @@ def open_source(
         return _open_tf_dataset(dataset, wanted, process_index, process_count)
     builder = _get_builder(cfg)
     features = builder.info.features
-    present = [k for k in wanted if k in features]
+    stored = _stored_names(builder)  # wanted name -> the name the dataset stores it under
+    present = [k for k in wanted if stored.get(k, k) in features]
+    on_disk = {k: stored.get(k, k) for k in present}
     splits = tfds.even_splits(split, n=process_count)
     sizes = [builder.info.splits[s].num_examples for s in splits]
     # Encoded features (images, video frames, zlib/bytes tensors such as FH masks) stay encoded
     # until after the skip of a resumed run and the shuffle buffer; `decode` decodes them with the
     # feature's own decoder (right dtype, static shape checks).
     skip, decoders = {}, {}
-    for k in present:
-        f = features[k]
+    for k, name in on_disk.items():
+        f = features[name]
         if isinstance(f, tfds.features.Video):
-            skip[k], decoders[k] = tfds.decode.SkipDecoding(), f.feature.decode_example
+            skip[name], decoders[k] = tfds.decode.SkipDecoding(), f.feature.decode_example
         elif _is_encoded(f):
-            skip[k], decoders[k] = tfds.decode.SkipDecoding(), f.decode_example
+            skip[name], decoders[k] = tfds.decode.SkipDecoding(), f.decode_example
     ds = builder.as_dataset(
         split=splits[process_index],
         shuffle_files=False,  # the order is fixed; shuffling is ours, seeded by the epoch
-        decoders=tfds.decode.PartialDecoding({k: True for k in present}, decoders=skip),
+        decoders=tfds.decode.PartialDecoding(dict.fromkeys(on_disk.values(), True), decoders=skip),
         read_config=tfds.ReadConfig(add_tfds_id=True, try_autocache=False),
     )
-    ds = ds.map(lambda ex: {**{k: ex[k] for k in present}, "_key": ex["tfds_id"]})
+    ds = ds.map(lambda ex: {**{k: ex[n] for k, n in on_disk.items()}, "_key": ex["tfds_id"]})
     return Source(
         dataset=ds,
         num_examples=sizes[process_index],
@@ -104,6 +106,16 @@ def open_source(
         features=frozenset(present),
         decoders=decoders,
     )
+
+
+def _stored_names(builder: tfds.core.DatasetBuilder) -> dict[str, str]:
+    """Features an older version of a repository builder stored under another name: `folder_images`
+    1.0.0 wrote its instance masks as `mask` (2.0.0: `instance_mask`, the name every pipeline
+    reads), so datasets prepared then still train with `mask_source=gt` and feed the evaluators.
+    Limited to that builder: another dataset's `mask` may hold something else (a class map)."""
+    if builder.name == "folder_images" and builder.version.major == 1:
+        return {"instance_mask": "mask"}
+    return {}
 
 
 def _get_builder(cfg: types.SimpleNamespace) -> tfds.core.DatasetBuilder:

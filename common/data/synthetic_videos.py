@@ -1,13 +1,14 @@
 """`synthetic_videos`: procedurally generated clips of moving objects with masks (TFDS builder).
 
-The objects and backgrounds are those of `synthetic_scenes`, in its two styles: `legacy` (the
-`default` and `tiny` configs, unchanged since 1.0.0: a class is a shape family with its own
-colour and texture distribution) and `natural` (the `natural` and `natural_tiny` configs, since
-2.0.0: a class is a shape family plus a texture structure in colours drawn independently of the
-class, on cluttered photograph backgrounds). In a clip each object translates, scales
-and rotates at its own constant rate, the camera pans linearly over a background larger than
-the frame, and the lighting (a per-channel gain) drifts from the first frame to the last; the
-depth order is fixed, so objects occlude each other as they move. Textures are attached to the
+The objects and backgrounds are those of `synthetic_scenes`, in its two styles: `natural` (the
+`default` and `tiny` configs since 3.0.0: a class is a shape family plus a texture structure in
+colours drawn independently of the class, on cluttered photograph backgrounds, so colour is a
+nuisance as in natural video) and `legacy` (the `legacy` and `legacy_tiny` configs: the 1.0.0
+generator, unchanged, where a class is a shape family with its own colour and texture
+distribution, so colour alone identifies it). In a clip each object translates, scales and
+rotates at its own constant rate, the camera pans linearly over a background larger than the
+frame, and the lighting (a per-channel gain) drifts from the first frame to the last; the depth
+order is fixed, so objects occlude each other as they move. Textures are attached to the
 objects, so a tracked point keeps its appearance up to the lighting change.
 
 Features (docs/ARCHITECTURE.md):
@@ -15,14 +16,32 @@ Features (docs/ARCHITECTURE.md):
   instance_masks   Tensor (T, S, S) uint8: 0 background; id k is the same object in every frame
                    (it may be absent from frames where it is hidden or out of view)
   label            ClassLabel(12): majority class by visible area over the clip
+  fps              Scalar float32: the clip's frame rate, `FPS` (common.data.config.FPS_FEATURE),
+                   so VITO's offsets in seconds (`data.offset_unit=auto`) and the curation's
+                   length rule (`vito.curate --min_seconds`) apply as on real video
 
 An object is kept only if, in at least one frame, at least 15% of it and ~0.2% of the frame show;
 so every id appears in the clip. Clip `index` of split `split_id` is rendered from
 `np.random.default_rng([seed, split_id, index])`.
 
+Frame rate (`FPS` = 4 frames per second). The generator's motion is specified per frame, for a 64
+px frame: objects move up to 1.5 px per frame along each axis (2.3% of the frame width), spin up to
+0.15 rad and grow or shrink up to 2.5% per frame; the camera pans up to 0.75 px per frame. At 4 fps
+that is at most 9.4% of the frame width per second (at that top speed an object takes about 11 s to
+cross the frame, as a person walking across a wide shot), 34 degrees per second of rotation, 10%
+per second of scale change (walking towards the camera from ~14 m) and a slow pan (<= 4.7% of the
+frame per second): ordinary real-world speeds. At 25 fps the same clips would show objects crossing
+the frame in under 2 s and spinning at 215 degrees per second. The rate also fits VITO's offsets in
+seconds: the defaults `data.min_offset_seconds, max_offset_seconds = 0.04, 2.0` give frame offsets
+`ceil(0.04 * 4) .. floor(2.0 * 4) = 1 .. 8` in the 16-frame clips (a 4 s clip; an offset of at most
+half the clip leaves the first frame's position free), exactly the frame offsets of the local VITO
+config before clips recorded a rate, and every value of docs/METHODS.md §7.3's maximum-offset sweep
+{0.5, 1, 2.5} s is a distinct whole number of frames inside the clip (2, 4, 10). The `tiny` clips
+(8 frames, 2 s) take offsets 1..7.
+
 Configs: `default` (16 frames of 64 px, 2,000 / 200 / 200 clips, seed 0) and `tiny` (8 frames of
-64 px, 32 / 8 / 8 clips), both `legacy`; `natural` (as `default`) and `natural_tiny` (as
-`tiny`). Build with
+64 px, 32 / 8 / 8 clips), both `natural`; `legacy` (as `default`) and `legacy_tiny` (as `tiny`)
+in the `legacy` style. Build with
 
   python -m common.data.synthetic_videos --data_dir ~/tensorflow_datasets --config default
 """
@@ -37,8 +56,11 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from common.data import build_tools, procedural, tfds_compat
+from common.data.config import FPS_FEATURE
 
 del tfds_compat  # imported for its fix to TFDS (see the module)
+
+FPS = 4.0  # frames per second of every config (why: the module docstring)
 
 
 @dataclasses.dataclass(eq=False)
@@ -54,7 +76,10 @@ class SyntheticVideosConfig(tfds.core.BuilderConfig):
       seed: generation seed.
       max_objects: most objects per clip.
       encoding: frame encoding, `png` (lossless, default) or `jpeg` (quality 95).
-      style: `legacy` (the 1.0.0 generator) or `natural` (colour a nuisance, since 2.0.0).
+      style: `natural` (colour a nuisance; the default since 3.0.0) or `legacy` (the 1.0.0
+        generator).
+      fps: frame rate recorded in every clip's `fps` feature (only a label: the rendering does
+        not depend on it).
     """
 
     image_size: int = 64
@@ -65,7 +90,8 @@ class SyntheticVideosConfig(tfds.core.BuilderConfig):
     seed: int = 0
     max_objects: int = 5
     encoding: str = "png"
-    style: str = "legacy"
+    style: str = "natural"
+    fps: float = FPS
 
     def __post_init__(self):
         if self.style not in procedural.STYLES:
@@ -80,9 +106,11 @@ class SyntheticVideosConfig(tfds.core.BuilderConfig):
             raise ValueError("every split needs at least one clip")
         if self.encoding not in ("png", "jpeg"):
             raise ValueError(f"encoding must be png or jpeg, got {self.encoding!r}")
+        if not self.fps > 0:
+            raise ValueError(f"fps must be positive, got {self.fps}")
 
 
-# The `tiny` and `natural_tiny` clips: sizes for tests.
+# The `tiny` and `legacy_tiny` clips: sizes for tests.
 _TINY_SIZES = dict(num_frames=8, num_train=32, num_validation=8, num_test=8)
 
 
@@ -93,28 +121,39 @@ class SyntheticVideos(
 ):
     """Clips of moving, occluding objects under a panning camera, with per-frame instance ids."""
 
-    VERSION = tfds.core.Version("2.0.0")
+    VERSION = tfds.core.Version("3.0.0")
     RELEASE_NOTES = {
         "1.0.0": "First version.",
         "2.0.0": "New `natural` and `natural_tiny` configs: colour a nuisance (instance colours "
         "independent of the class, a class is a shape plus a texture structure); photograph "
         "backgrounds with stuff regions and distractors; wider object scales. The other "
         "configs render exactly as in 1.0.0.",
+        "3.0.0": "`default` and `tiny` render the `natural` style (2.0.0's `natural` and "
+        "`natural_tiny` clips, same seeds); the 1.0.0 generator stays, unchanged, as `legacy` "
+        "and `legacy_tiny`, so earlier results stay reproducible. `natural` and "
+        "`natural_tiny` are gone rather than kept as aliases: two names for one dataset would "
+        "be built and cached twice and cited under two names. Every clip records its frame "
+        "rate in a float32 `fps` feature (4 fps, see the module docstring), so offsets in "
+        "seconds (`data.offset_unit=auto`) and `vito.curate --min_seconds` apply; at 4 fps "
+        "VITO's default 0.04..2 s are the frame offsets 1..8 used before.",
     }
     BUILDER_CONFIGS = [
-        SyntheticVideosConfig(name="default", description="16 frames, 64 px, 2000/200/200."),
+        SyntheticVideosConfig(
+            name="default",
+            description="Colour a nuisance, cluttered backgrounds; 16 frames, 64 px, 2000/200/200.",
+        ),
         SyntheticVideosConfig(
             name="tiny", description="8 frames, 64 px, 32/8/8 clips, for tests.", **_TINY_SIZES
         ),
         SyntheticVideosConfig(
-            name="natural",
-            description="Colour a nuisance, cluttered backgrounds; 16 frames, 64 px, 2000/200/200.",
-            style="natural",
+            name="legacy",
+            description="The 1.0.0 generator (colour identifies the class); 16 frames, 64 px.",
+            style="legacy",
         ),
         SyntheticVideosConfig(
-            name="natural_tiny",
-            description="`natural`, 8 frames, 64 px, 32/8/8 clips, for tests.",
-            style="natural",
+            name="legacy_tiny",
+            description="`legacy`, 8 frames, 64 px, 32/8/8 clips, for tests.",
+            style="legacy",
             **_TINY_SIZES,
         ),
     ]
@@ -135,11 +174,15 @@ class SyntheticVideos(
                         shape=(t, s, s), dtype=np.uint8, encoding=tfds.features.Encoding.ZLIB
                     ),
                     "label": tfds.features.ClassLabel(names=list(procedural.CLASS_NAMES)),
+                    FPS_FEATURE: tfds.features.Scalar(dtype=np.float32),
                 }
             ),
             supervised_keys=("video", "label"),
             metadata=tfds.core.MetadataDict(
-                seed=config.seed, style=config.style, class_names=list(procedural.CLASS_NAMES)
+                seed=config.seed,
+                style=config.style,
+                fps=float(config.fps),
+                class_names=list(procedural.CLASS_NAMES),
             ),
         )
 
@@ -157,7 +200,8 @@ class SyntheticVideos(
         )
         records = self.render(render, num_examples, chunksize=8)
         for index, record in enumerate(records):
-            yield index, {**record, "video": [io.BytesIO(f) for f in record["video"]]}
+            frames = [io.BytesIO(f) for f in record["video"]]
+            yield index, {**record, "video": frames, FPS_FEATURE: np.float32(config.fps)}
 
 
 def main(argv=None):

@@ -10,9 +10,11 @@ longer side exceeds `max_mask_size` is resized (nearest) to fit, keeping its asp
 images are at most 640 px, so the default keeps them exact).
 
 Sources (by the features the dataset has):
-* `instance_mask` / `class_mask` (the embedded `synthetic_scenes`, `coco_folder`): 0 background,
-  ids/classes+1.
-* `mask` (`folder_images` with `name_mask.png` files): instance ids, 0 background; no classes.
+* `instance_mask` / `class_mask` (the embedded `synthetic_scenes`, `coco_folder`, `folder_images`
+  with `name_mask.png` / `name_class.png` files): 0 background, ids/classes+1 (a folder's class
+  ids as its files give them).
+* `mask` (a dataset with instance ids under that name only): instance ids, 0 background; no
+  classes. (`folder_images` 1.0.0's `mask` arrives as `instance_mask`, `common.data.sources`.)
 * `panoptic_image` + `panoptic_objects` (TFDS `coco/2017_panoptic`): see `panoptic_masks`.
   TFDS `coco/2017` carries boxes only (no masks), so COCO object discovery needs the panoptic
   config, whose masks are non-overlapping (the panoptic annotations resolve the overlaps of the

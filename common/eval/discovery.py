@@ -23,7 +23,8 @@ Felzenszwalb masks of the dataset, channel `fh_index`) for the hand-crafted base
 table, or `instance_mask` (a sanity check: 1.0 everywhere).
 
 Datasets: the embedded `synthetic_scenes` (instance and class masks), `folder_images` with
-`name_mask.png` instance masks (no classes: `abo_c` is absent), TFDS `coco/2017_panoptic`
+`name_mask.png` instance masks (and `name_class.png` class masks; without them `abo_c` is
+absent), `coco_folder`, TFDS `coco/2017_panoptic`
 (`coco/2017` has no masks); see `common.eval.dense_data`. Select one with `dataset` (default the
 pretraining dataset) and `split`.
 

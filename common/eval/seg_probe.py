@@ -17,8 +17,9 @@ Like the classification probe, features are standardised per channel with traini
 
 Labels: `class_mask` of the embedded `synthetic_scenes` (13 classes with background), COCO
 panoptic things (81; stuff counts as background, see `common.eval.dense_data`), a COCO-format
-folder (`coco_folder`: its categories + background). A dataset with instance masks only
-(`folder_images`) has no classes and cannot be probed.
+folder (`coco_folder`: its categories + background), a folder of images with `name_class.png`
+class masks (`folder_images`). A dataset with instance masks only has no classes and cannot be
+probed.
 
 Void (`common.data.void`: 255 in 8-bit masks unless the dataset's `void_label` says otherwise)
 reaches the probe as -1: such pixels carry no loss (`probe_loss`) and are in no cell of the
@@ -180,7 +181,7 @@ class SegProbeEvaluator(Evaluator):
                 if "class_mask" not in batch:
                     raise ValueError(
                         f"seg_probe: dataset {data['name']!r} has no class masks (a folder of "
-                        "instance masks has ids, not classes)"
+                        "instance masks has ids, not classes: add name_class.png files)"
                     )
                 yield batch
 
