@@ -8,13 +8,78 @@ The command reads the batch that training used for the restored step and the rng
 hook uses, so its picture equals the one training wrote at that step (a fresh initialisation
 when the workdir has no checkpoint). It writes `<workdir>/pictures/step_<step>_on_demand.png`
 unless `--out` says otherwise.
+
+`under_jit` is how the methods' picture code runs its networks: one compiled program per
+picture function, networks and shapes (the trainer draws the same shapes every
+`pictures_every_steps`), instead of op by op.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
+from collections.abc import Callable
+from typing import Any
 
 import jax
+
+
+class _ByIdentity:
+    """A static jit argument compared by identity: the networks' module definitions (a dict of
+    flax modules, not hashable) are the same object for every picture of a run (`Setup.modules`),
+    so the compiled program is reused."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def __hash__(self) -> int:
+        return id(self.value)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, _ByIdentity) and other.value is self.value
+
+
+def under_jit(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorator: runs `fn(owner, nets, *arrays) -> pytree of arrays` as one `jax.jit` program.
+
+    `owner` is static (hashable: a method object, a tuple of names); `nets` is an inference-mode
+    `common.method.Networks`, whose parameters and statistics become the program's arguments and
+    whose modules are static (by identity); `arrays` are traced (static shapes). The first call
+    per owner, networks and shapes compiles; later calls reuse it. Inside `op_by_op()` it runs
+    `fn` eagerly instead: the same computation, the reference of the tests and of
+    `benchmarks/picture_time.py`.
+    """
+
+    @functools.partial(jax.jit, static_argnums=(0, 1))
+    def compiled(owner, modules, params, batch_stats, arrays):
+        from common.method import Networks
+
+        return fn(owner, Networks(modules.value, params, batch_stats, train=False), *arrays)
+
+    @functools.wraps(fn)
+    def wrapper(owner, nets, *arrays):
+        if nets.train:
+            raise ValueError("pictures run the networks in inference mode: got train=True")
+        if _op_by_op:
+            return fn(owner, nets, *arrays)
+        return compiled(owner, _ByIdentity(nets.modules), nets.params, nets.new_batch_stats, arrays)
+
+    return wrapper
+
+
+_op_by_op = False
+
+
+@contextlib.contextmanager
+def op_by_op():
+    """Within this context, `under_jit` functions run op by op (as pictures ran before)."""
+    global _op_by_op
+    before, _op_by_op = _op_by_op, True
+    try:
+        yield
+    finally:
+        _op_by_op = before
 
 
 def pictures_for_workdir(config, workdir: str, out: str | None = None) -> str:

@@ -18,6 +18,9 @@ One row per image (the first `num_images` of the batch), eight panels:
   thinks alike look alike, so a trained network's colours follow the segments.
 Under each row: the sampled ids of each view with their multiplicity (`id:count`) and the ids
 sampled in both views.
+
+The sampling and the network run as one compiled program (`common.pictures.under_jit`); the
+principal components and the drawing in NumPy and PIL.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from common.pictures import under_jit
 
 NUM_IMAGES = 4  # rows of a picture (fewer if the batch is smaller)
 MIN_PANEL = 128  # views are upscaled by an integer factor to at least this many pixels
@@ -205,6 +210,31 @@ def render(
     return figure
 
 
+@under_jit
+def _masks_and_features(method, nets, batch: Mapping[str, jax.Array], rng: jax.Array) -> dict:
+    """The picture's numbers, one program: sampled ids and grids of both views and the online
+    network's dense features `[2, N, h, w, C]` float32 (views in [0, 1], normalised here)."""
+    from common import augment
+
+    m = method.view_masks({k: batch[k] for k in ("mask1", "mask2")}, rng)
+    out = {k: m[k] for k in ("grid1", "grid2", "ids1", "ids2")}
+    # Both views in one forward pass (inference BatchNorm: each image on its own; the same
+    # numbers as one pass per view), so the program holds the network once: half the compiling.
+    views = jnp.concatenate([batch["view1"], batch["view2"]])
+    dense = nets("online", augment.normalize(views))["dense"].astype(jnp.float32)
+    out["dense"] = dense.reshape((2, -1) + dense.shape[1:])
+    return out
+
+
+def picture_arrays(method, nets, batch: Mapping[str, Any], rng: jax.Array, n: int) -> dict:
+    """The numbers behind the figure of the first `n` images of a host batch, as NumPy:
+    `grid1`, `grid2` int `[n, h, w]`, `ids1`, `ids2` int `[n, R]` and `dense` float32
+    `[2, n, h, w, C]` (one compiled program, `common.pictures.under_jit`)."""
+    part = {k: np.asarray(batch[k])[:n] for k in ("mask1", "mask2")}
+    part.update({k: np.asarray(batch[k][:n], np.float32) for k in ("view1", "view2")})
+    return jax.device_get(_masks_and_features(method, nets, part, rng))
+
+
 def save(
     method,
     nets,
@@ -230,18 +260,12 @@ def save(
     Returns:
       True (a picture was written).
     """
-    from common import augment
     from common.network import build_backbone
 
     n = min(num_images, int(np.shape(batch["view1"])[0]))
-    part = {k: jnp.asarray(np.asarray(batch[k])[:n]) for k in ("mask1", "mask2")}
-    m = jax.device_get(method.view_masks(part, rng))
+    m = picture_arrays(method, nets, batch, rng, n)
     views = tuple(np.asarray(batch[k][:n], np.float32) for k in ("view1", "view2"))
-    dense = [
-        np.asarray(nets("online", augment.normalize(jnp.asarray(v)))["dense"], np.float32)
-        for v in views
-    ]
-    rgb = feature_colours(np.stack(dense))  # [2, N, h, w, 3], one PCA for both views
+    rgb = feature_colours(m["dense"])  # [2, N, h, w, 3], one PCA for both views
     stride = build_backbone(method.config).output_stride
     figure = render(
         views, (m["grid1"], m["grid2"]), (m["ids1"], m["ids2"]), (rgb[0], rgb[1]), stride

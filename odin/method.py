@@ -42,8 +42,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from common import kmeans, optim
+from common.pictures import under_jit
 from detcon.method import DetConB, default_detcon_kwargs
 from odin.transport import transport_ids
 
@@ -163,10 +165,17 @@ class Odin(DetConB):
 
     def save_pictures(self, nets, batch, rng, path):
         """DetCon's picture (`detcon.pictures`) of the discovered masks in both views."""
-        from common import augment
-
-        host = {k: jnp.asarray(batch[k]) for k in ("view0", "box0", "box1", "box2")}
-        host.update({k: jnp.asarray(batch[k]) for k in ("view1", "flip1", "flip2")})
-        host["view0"] = augment.normalize(host["view0"])
-        ids = jax.device_get(self.transported_masks(nets, host, rng))
+        keys = ("view0", "box0", "box1", "box2", "view1", "flip1", "flip2")
+        host = {k: np.asarray(batch[k]) for k in keys}
+        ids = jax.device_get(_picture_masks(self, nets, host, rng))
         return super().save_pictures(nets, {**batch, **ids}, rng, path)
+
+
+@under_jit
+def _picture_masks(method: Odin, nets, batch, rng) -> dict[str, jax.Array]:
+    """`Odin.transported_masks` of a host batch (views in [0, 1]: the discovery view is
+    normalised here, as the training step's augmentation does), one compiled program."""
+    from common import augment
+
+    view0 = augment.normalize(batch["view0"])
+    return method.transported_masks(nets, {**batch, "view0": view0}, rng)

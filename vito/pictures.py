@@ -19,21 +19,29 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from common import augment
+from common.pictures import under_jit
 
 MAX_ROWS = 8
 PANEL = 96  # pixels per panel side
 _PAD = 4
 
 
-def attention_maps(nets, images: np.ndarray, scales: Sequence[str]) -> list[np.ndarray]:
-    """Online attention weights of the first query per scale, `[B, h_s, w_s]` float32 (each map
-    sums to 1), for images `[B, S, S, 3]` in [0, 1]."""
-    out = nets("online", augment.normalize(jax.numpy.asarray(images)), return_attention=True)
+@under_jit
+def _attention(scales: tuple[str, ...], nets, images: jax.Array) -> list[jax.Array]:
+    """Online attention weights of the first query per scale, `[B, h_s, w_s]`, one program."""
+    out = nets("online", augment.normalize(images), return_attention=True)
     maps = []
     for scale, w in zip(scales, out["attention"]):
         h, wd = out["features"][scale].shape[1:3]
-        maps.append(np.asarray(jax.device_get(w))[:, 0].reshape(-1, h, wd))
+        maps.append(w[:, 0].reshape(-1, h, wd))
     return maps
+
+
+def attention_maps(nets, images: np.ndarray, scales: Sequence[str]) -> list[np.ndarray]:
+    """Online attention weights of the first query per scale, `[B, h_s, w_s]` float32 (each map
+    sums to 1), for images `[B, S, S, 3]` in [0, 1] (`common.pictures.under_jit`)."""
+    maps = _attention(tuple(scales), nets, np.asarray(images, np.float32))
+    return [np.asarray(m) for m in jax.device_get(maps)]
 
 
 def overlay(frame: np.ndarray, weights: np.ndarray, size: int = PANEL) -> np.ndarray:
@@ -83,7 +91,10 @@ def save(nets, batch: Mapping[str, np.ndarray], path: str, *, scales: Sequence[s
     """Writes the attention figure of the host batch's `view1`/`view2` to `path` (PNG)."""
     v1 = np.asarray(batch["view1"])[:MAX_ROWS]
     v2 = np.asarray(batch["view2"])[:MAX_ROWS]
-    maps1 = attention_maps(nets, v1, scales)
-    maps2 = attention_maps(nets, v2, scales)
+    # Both frames in one forward pass (inference BatchNorm: each image on its own, the same
+    # numbers as one pass per frame): the compiled program holds the network once.
+    maps = attention_maps(nets, np.concatenate([v1, v2]), scales)
+    maps1 = [m[: len(v1)] for m in maps]
+    maps2 = [m[len(v1) :] for m in maps]
     render(v1, v2, maps1, maps2, scales).save(path)
     return True
