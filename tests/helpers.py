@@ -117,6 +117,28 @@ def load_final_params(workdir: str) -> dict[str, np.ndarray]:
     return {jax.tree_util.keystr(p): np.asarray(v) for p, v in flat}, step
 
 
+def load_state(workdir: str, step: int | None = None) -> tuple[dict[str, np.ndarray], int]:
+    """`({path: array}, step)` of every array of the train state saved as `step` (default: the
+    latest) in `workdir`, restored onto this process's first device."""
+    import jax
+    import orbax.checkpoint as ocp
+
+    manager = ocp.CheckpointManager(
+        os.path.join(workdir, "checkpoints"),
+        item_handlers={"state": ocp.StandardCheckpointHandler()},
+    )
+    step = manager.latest_step() if step is None else step
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree_util.tree_map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+        manager.item_metadata(step)["state"],
+    )
+    state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+    manager.close()
+    flat = jax.tree_util.tree_flatten_with_path(state["state"])[0]
+    return {jax.tree_util.keystr(p): np.asarray(v) for p, v in flat}, step
+
+
 def relative_difference(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
     """max |a - b| over every leaf, divided by max |b| over every leaf.
 

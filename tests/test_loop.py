@@ -52,8 +52,8 @@ class _Recorder:
 
             return step
 
-        def data(config, start_step):
-            return _RecordingIterator(make_data_iterator(config, start_step), self)
+        def data(config, start_step, start_positions=None):
+            return _RecordingIterator(make_data_iterator(config, start_step, start_positions), self)
 
         monkeypatch.setattr(train, "make_step_fn", step_fn)
         monkeypatch.setattr(train, "make_data_iterator", data)
@@ -77,6 +77,10 @@ class _RecordingIterator:
     @property
     def num_skipped(self):
         return self.data.num_skipped
+
+    @property
+    def positions(self):
+        return self.data.positions
 
 
 # Heavy enough that a step takes far longer than the host's bookkeeping between two dispatches.
