@@ -2,8 +2,8 @@
 and compiles its step once.
 
 In-process runs of the tiny BYOL config on one device (`common.train.main`); the CLI runs
-(SIGKILL/SIGTERM resume, equality with sharded and multi-process runs) are in test_train.py and
-test_multiprocess.py.
+(SIGKILL/SIGTERM resume, equality with sharded and multi-process runs) are in test_train.py,
+test_resume_kill.py and test_multiprocess.py.
 """
 
 from __future__ import annotations
