@@ -11,8 +11,9 @@ Guarantees a long pod job relies on:
   over a `Mesh` with the batch on the `data` axis and the state donated; BatchNorm statistics and
   contrastive negatives are global because the batch is one global array;
 * the step's randomness is `fold_in(seed, step)` and the data stream is a function of
-  (seed, step), so a run resumed from a checkpoint computes exactly what the uninterrupted run
-  would have;
+  (seed, stream position); every checkpoint saves the next position of each data shard (bad
+  records skipped by `data.skip_bad_records` move it), so a run resumed from a checkpoint reads
+  the same records and computes exactly what the uninterrupted run would have;
 * SIGTERM (preemption) writes a checkpoint of the last completed step and exits cleanly; with
   several processes they agree on that step (JAX's preemption sync point), so a signal that
   reaches one host only still checkpoints every host at the same step;
