@@ -91,8 +91,8 @@ def run_cli(args, *, num_devices=1, timeout=600, check=True) -> subprocess.Compl
     return proc
 
 
-def load_final_params(workdir: str) -> dict[str, np.ndarray]:
-    """Flat {path: array} of the parameters in the latest checkpoint of `workdir`."""
+def load_final_params(workdir: str, step: int | None = None) -> dict[str, np.ndarray]:
+    """Flat {path: array} of the parameters in the latest checkpoint of `workdir` (or `step`)."""
     import jax
     import orbax.checkpoint as ocp
 
@@ -100,7 +100,7 @@ def load_final_params(workdir: str) -> dict[str, np.ndarray]:
         os.path.join(workdir, "checkpoints"),
         item_handlers={"state": ocp.StandardCheckpointHandler()},
     )
-    step = manager.latest_step()
+    step = manager.latest_step() if step is None else step
     # Restore onto this process's first device, whatever topology saved it.
     metadata = manager.item_metadata(step)["state"]
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
