@@ -1,13 +1,10 @@
-"""The trainer: sharded == unsharded, compile once, SIGTERM, clear errors (SIGKILL at chosen
-points: test_resume_kill.py)."""
+"""The trainer: sharded == unsharded, compile once, clear errors (SIGTERM: test_loop.py and
+test_multiprocess.py; SIGKILL at chosen points: test_resume_kill.py)."""
 
 from __future__ import annotations
 
 import functools
 import os
-import signal
-import subprocess
-import time
 
 import chex
 import jax
@@ -79,38 +76,6 @@ def test_compiles_once_and_logs(data_dir, tmp_path, monkeypatch):
         assert key in rows[-1]
     assert 0.0 <= results["monitor/top1"] <= 1.0
     assert os.path.exists(tmp_path / "final_eval.json")
-
-
-def _wait_for_step(workdir, step, proc, timeout=300):
-    deadline = time.time() + timeout
-    path = os.path.join(workdir, "metrics.jsonl")
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            return False
-        if os.path.exists(path):
-            with open(path) as f:
-                if sum(1 for _ in f) >= step:
-                    return True
-        time.sleep(0.05)
-    raise TimeoutError(f"no step {step} in {workdir}")
-
-
-def test_sigterm_checkpoints_before_exit(data_dir, tmp_path):
-    workdir = str(tmp_path)
-    args = helpers.cli_args(
-        "byol", data_dir, workdir, **{"total_steps": 400, "checkpoint.every_steps": 1000}
-    )
-    proc = subprocess.Popen(
-        args, env=helpers.subprocess_env(), cwd=helpers.REPO,
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )  # fmt: skip
-    assert _wait_for_step(workdir, 3, proc)
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 0
-    assert "SIGTERM: checkpointed step" in out
-    _, step = helpers.load_final_params(workdir)
-    assert 3 <= step < 400
 
 
 def test_mistyped_config_key_fails_clearly(data_dir, tmp_path):
