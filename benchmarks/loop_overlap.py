@@ -58,9 +58,7 @@ def run_mode(setup, mesh, state, method: str, *, steps: int, sync: bool, log_eve
     step_fn = train.make_step_fn(setup, mesh)
     health = train.healthy(replicated)
     data = host_batches(setup.config, method)
-    staged = train.staged_batches(
-        data, batch_sharding, count=steps + 2, prefetch=0 if sync else 2
-    )
+    staged = train.staged_batches(data, batch_sharding, count=steps + 2, prefetch=0 if sync else 2)
     for _ in range(2):  # warm-up (the first call compiles)
         state, m, health = step_fn(state, next(staged).batch, health)
     jax.block_until_ready((state, health))

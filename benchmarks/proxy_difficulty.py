@@ -6,7 +6,8 @@ On natural images colour is a weak cue for the class and Felzenszwalb (FH) segme
 the objects; a proxy on which either fails says nothing about the papers' claims. Measured on
 the examples the `synthetic_scenes` / `synthetic_videos` builders make (the same
 `(seed, split, index)` renders, without building the datasets) in the `natural` style (their
-`natural` configs), or with `--style legacy` in the style of their `default` and `tiny` configs:
+`default` and `tiny` configs since 3.0.0), or with `--style legacy` in that of their `legacy`
+configs:
 
 * `colour_probe_over_chance`: top-1 of a linear (softmax) probe on per-image colour histograms
   (8 x 8 x 8 RGB bins), trained on `num_train` train images, tested on `num_eval` validation

@@ -16,8 +16,9 @@ def get_config(arg: str | None = None):
     config.augment.view1 = "byol_view1"
     if args.variant == "local":
         # LARS (trust ratio 1e-3) at batch 64 moves the weights too little in 200 steps for a
-        # useful supervised reference; Adam does. Colour is a class cue of the embedded scenes,
-        # so no colour augmentation, and milder crops keep the labelled object in view.
+        # useful supervised reference; Adam does. Milder crops keep the labelled (majority)
+        # object in view; no photometric augmentation: the reference learns from the labels
+        # alone, not from the self-supervised views' invariances.
         config.optimizer.name = "adamw"
         config.optimizer.base_lr = 0.005  # x 64/256: 1.25e-3
         config.optimizer.weight_decay = 1e-4

@@ -332,13 +332,16 @@ def test_scenes_config_validation():
     configs = {c.name: c for c in SyntheticScenes.BUILDER_CONFIGS}
     assert (configs["default"].num_train, configs["default"].image_size) == (20000, 64)
     assert (configs["tiny"].num_train, configs["tiny"].num_validation) == (256, 64)
-    assert configs["default"].style == configs["tiny"].style == "legacy"
-    assert configs["natural"].style == configs["natural_tiny"].style == "natural"
+    assert {configs[n].style for n in ("default", "tiny", "s224")} == {"natural"}
+    assert {configs[n].style for n in ("legacy", "legacy_tiny", "legacy_s224")} == {"legacy"}
+
     def sizes(c):
         return (c.num_train, c.num_validation, c.num_test, c.image_size)
 
-    assert sizes(configs["natural_tiny"]) == sizes(configs["tiny"])
-    assert sizes(configs["natural"]) == sizes(configs["default"])
+    for name in ("default", "tiny", "s224"):
+        assert sizes(configs["legacy" if name == "default" else f"legacy_{name}"]) == sizes(
+            configs[name]
+        )
     with pytest.raises(ValueError, match="style"):
         SyntheticScenesConfig(name="x", style="photo")
 

@@ -351,7 +351,7 @@ def _pool(dense: np.ndarray, mask: np.ndarray, min_cells: float = 0.5) -> np.nda
     return (area[..., None] * dense).sum((0, 1)) / area.sum()
 
 
-def cross_view_object_matching(setup, state, data_config, *, rounds: int = 2) -> float:
+def cross_view_object_matching(setup, state, data_config, *, rounds: int = 2) -> tuple[float, int]:
     """Object-level evaluation: can the network tell which object is which across two views?
 
     For every validation image, two random crops (+ flips) with their ground-truth instance ids
@@ -359,7 +359,8 @@ def cross_view_object_matching(setup, state, data_config, *, rounds: int = 2) ->
     random network's colour features are not disturbed). Each object visible in both views is
     mask-pooled in each; an object of view 1 is matched to the most similar (cosine) object of
     view 2 of the same image. Returns the fraction matched correctly (`rounds` crop pairs of
-    every image). Chance is 1 / (objects shared by the views): about 0.4 here.
+    every image) and the number of objects it is over. Chance is 1 / (objects shared by the
+    views): about 0.4 here.
     """
     import ml_collections
 
@@ -388,39 +389,7 @@ def cross_view_object_matching(setup, state, data_config, *, rounds: int = 2) ->
             hits += int(np.sum(np.argmax(x1 @ x2.T, axis=1) == np.arange(len(shared))))
             total += len(shared)
     assert total > 200, total
-    return hits / total
-
-
-def object_class_probe(setup, state, data_config, num_classes: int) -> float:
-    """Linear probe of object class on mask-pooled features of ground-truth instances.
-
-    Whole images at the training size; closed-form ridge regression (standardised features,
-    one-hot targets) fitted on the objects of the train split, accuracy on the validation split.
-    """
-    from common.data import pipeline
-
-    data = dict(data_config.to_dict(), eval_crop="resize_full")
-    dense = _dense_fn(setup, state)
-
-    def objects(split):
-        feats, labels = [], []
-        for host in pipeline.make_eval_iterator(data, split, batch_size=64):
-            d = np.asarray(dense(jnp.asarray(host["image"])))
-            for b in np.nonzero(host["_valid"])[0]:
-                inst, cls = host["instance_mask"][b], host["class_mask"][b]
-                for i in np.unique(inst[inst > 0]):
-                    f = _pool(d[b], inst == i, min_cells=1e-6)
-                    if f is not None:
-                        feats.append(f)
-                        labels.append(np.bincount(cls[inst == i]).argmax() - 1)
-        return np.stack(feats), np.asarray(labels)
-
-    (x, y), (x_val, y_val) = objects("train"), objects("validation")
-    mean, std = x.mean(0), x.std(0) + 1e-6
-    x, x_val = ((a - mean) / std for a in (x, x_val))
-    x, x_val = (np.concatenate([a, np.ones((len(a), 1))], 1) for a in (x, x_val))
-    w = np.linalg.solve(x.T @ x + 1e-2 * len(x) * np.eye(x.shape[1]), x.T @ np.eye(num_classes)[y])
-    return float(np.mean(np.argmax(x_val @ w, 1) == y_val))
+    return hits / total, total
 
 
 def test_short_detcon_b_run_learns(learned_run):
@@ -450,27 +419,25 @@ def test_short_detcon_b_run_learns(learned_run):
         name: cross_view_object_matching(setup, state, config.data)
         for name, state in (("random", fresh), ("trained", trained))
     }
-    probe = {
-        name: object_class_probe(setup, state, config.data, config.num_classes)
-        for name, state in (("random", fresh), ("trained", trained))
-    }
     print(
         f"loss {first:.3f} -> {last:.3f}; normalized_proj_std min {std.min():.4f} "
-        f"(threshold {threshold:.4f}); matching {match}; class probe {probe}"
+        f"(threshold {threshold:.4f}); matching {match}"
     )
-    # Measured over seeds 0/1/2 of this recipe: loss ratio 0.88/0.89/0.90, std min 0.127/0.125/
-    # 0.120, matching random -> trained 0.61->0.82 / 0.65->0.76 / 0.64->0.72, class probe
-    # 0.24->0.28 (all three).
+    # Measured on the tiny `natural` scenes (synthetic_scenes 3.0.0), seed 0: loss 3.25 -> 2.85
+    # (ratio 0.88), std min 0.138, matching random 0.53 -> trained 0.72 over ~350 objects, i.e.
+    # 5 standard errors of the difference.
     assert last < 0.95 * first, (first, last)
     assert std.min() > threshold, (std.min(), threshold)
-    assert match["trained"] > match["random"] + 0.05, match
-    # The class probe is reported, with only a floor: the scenes' classes are mostly told apart
-    # by hue, which a random network keeps and BYOL's colour jitter (hue +-0.1) teaches
-    # invariance to. A short run beats the random network by a few points at the training size
-    # (0.28 vs 0.24, within ~2 standard errors on ~220 objects) and loses to it on 64 px images
-    # (0.47 vs 0.55), so the comparison is not robust enough to assert. The floor (2x chance)
-    # says the pooled features still carry object information.
-    assert probe["trained"] > 2.0 / config.num_classes, probe
+    # Telling the objects of an image apart across views is what DetCon's loss trains. The margin
+    # is 3 standard errors of the difference of two proportions over these objects (the same
+    # objects for both networks, so this independent-samples error overstates the noise).
+    (p_random, n), (p_trained, _) = match["random"], match["trained"]
+    se = np.sqrt((p_random * (1 - p_random) + p_trained * (1 - p_trained)) / n)
+    assert p_trained > p_random + 3 * se, (match, se)
+    # Not asserted: the object class. On the `natural` scenes a class is a shape plus a texture
+    # structure in arbitrary colours, which a 4 x 4 grid of the 32 px views does not resolve:
+    # a ridge probe on mask-pooled features scored random 0.14, trained 0.12 (chance 0.083,
+    # standard error ~0.02 on ~170 objects), a comparison that says nothing either way.
 
 
 def test_pictures_during_training_and_on_demand(learned_run):

@@ -283,8 +283,13 @@ TINY_EVALS = {
 
 
 # A short supervised run that learns (LARS at batch 16 moves the weights too little in a few
-# hundred steps): Adam, mild crops, no colour augmentation (colour is a class cue here).
+# hundred steps): Adam, mild crops, no colour augmentation. On the `legacy` scenes, where colour
+# names the class: what is tested is that every evaluator sees what labels taught a network,
+# which needs a network that surely learned something in 200 steps of 256 images. On the tiny
+# `natural` scenes (a class is a shape plus a texture structure, in any colours) this budget
+# does not: trained vs random ABO^i 0.181 vs 0.160, mIoU 0.055 vs 0.064, kNN 0.109 vs 0.125.
 SUPERVISED_OVERRIDES = {
+    "data.name": "synthetic_scenes/legacy_tiny",
     "total_steps": SUPERVISED_STEPS, "checkpoint.every_steps": SUPERVISED_STEPS,
     "log_every_steps": 50, "augment.view1": "none", "data.crop_scale": (0.5, 1.0),
     "optimizer.name": "adamw", "optimizer.base_lr": 0.02, "optimizer.weight_decay": 1e-4,

@@ -3,16 +3,17 @@
 Each image holds 1-6 objects from 12 classes with random size, position and rotation, painted in
 painter's order so objects occlude each other, in one of two styles (`common.data.procedural`):
 
-* `legacy` (the `default`, `tiny` and `s224` configs, unchanged since 1.0.0): a class is a shape
-  family with its own colour and texture distribution (a fixed hue), on a low-saturation textured
-  background (noise, gradient, stripes or smooth blobs). Colour alone identifies the classes,
-  and FH segments the objects almost perfectly (`benchmarks/proxy_difficulty.py`).
-* `natural` (the `natural` and `natural_tiny` configs, since 2.0.0): a class is a shape family
+* `natural` (the `default`, `tiny` and `s224` configs since 3.0.0): a class is a shape family
   plus a texture *structure* (bricks, grass, stripes, rings, ...: `common.data.textures`),
   painted in three colours drawn for each instance independently of its class, so colour is a
   nuisance as on natural images; object radius 8-30% of the image (legacy 9-22%); backgrounds
   are recoloured patches of the photographs scikit-image ships in its wheel, with unannotated
   clutter (stuff regions from other photographs, distractor blobs with non-class textures).
+* `legacy` (the `legacy`, `legacy_tiny` and `legacy_s224` configs; the 1.0.0 scenes): a class is
+  a shape family with its own colour and texture distribution (a fixed hue), on a
+  low-saturation textured background. Colour alone identifies the classes and FH segments the
+  objects almost perfectly (`benchmarks/proxy_difficulty.py`), so random colour filters already
+  score well there: kept to reproduce the results of 1.0.0, not to measure methods on.
 
 Nothing is downloaded: examples are
 rendered locally, each one from `np.random.default_rng([seed, split_id, index])`, so a dataset
@@ -33,16 +34,16 @@ are removed before painting, so a fully occluded object never gets an instance i
 
 FH masks are computed on the full-resolution image with `skimage.segmentation.felzenszwalb`
 (sigma 0.8). The default settings are DetCon's (1000, 1000) scaled by the pixel count
-(`common.data.segmentation`): (29, 29) at 64 px, (358, 358) at 224 px. Measured on 300 default
-images: 4 / 7 / 10 / 14 / 20 segments per image at the 5 / 25 / 50 / 75 / 95th percentiles; on
-100 `natural` images 21 / 34 / 43 at the 5 / 50 / 95th. How far the FH masks and colour are from
+(`common.data.segmentation`): (29, 29) at 64 px, (358, 358) at 224 px. Measured on 100 `natural`
+images: 21 / 34 / 43 segments per image at the 5 / 50 / 95th percentiles; on 300 `legacy`
+images 4 / 7 / 10 / 14 / 20 at the 5 / 25 / 50 / 75 / 95th. How far the FH masks and colour are from
 the answer is measured by `benchmarks/proxy_difficulty.py`.
 The storage dtype follows from the config: uint8 when `S * S // min_size <= 256` (the most
 segments FH can return), uint16 otherwise.
 
 Configs: `default` (64 px, 20,000 / 2,000 / 2,000 images, seed 0), `tiny` (64 px, 256 / 64 / 64,
-for tests), `s224` (224 px, 20,000 / 2,000 / 2,000), all `legacy`; `natural` (as `default`) and
-`natural_tiny` (as `tiny`) in the `natural` style. Any other size via
+for tests), `s224` (224 px, 20,000 / 2,000 / 2,000), all `natural`; `legacy`, `legacy_tiny` and
+`legacy_s224` the same sizes in the `legacy` style. Any other size via
 `SyntheticScenesConfig`. Build with
 
   python -m common.data.synthetic_scenes --data_dir ~/tensorflow_datasets --config default
@@ -77,7 +78,8 @@ class SyntheticScenesConfig(tfds.core.BuilderConfig):
       max_objects: most objects drawn per image (1..6 with the default 6).
       fh_settings: (scale, min_size) pairs, one FH channel each; None means DetCon's
         (1000, 1000) scaled to the image's pixel count.
-      style: `legacy` (the 1.0.0 generator) or `natural` (colour a nuisance, since 2.0.0).
+      style: `natural` (colour a nuisance; the default since 3.0.0) or `legacy` (the 1.0.0
+        generator).
     """
 
     image_size: int = 64
@@ -87,7 +89,7 @@ class SyntheticScenesConfig(tfds.core.BuilderConfig):
     seed: int = 0
     max_objects: int = 6
     fh_settings: tuple[tuple[float, int], ...] | None = None
-    style: str = "legacy"
+    style: str = "natural"
 
     def __post_init__(self):
         if self.style not in procedural.STYLES:
@@ -120,13 +122,18 @@ class SyntheticScenes(
 ):
     """Multi-object scenes with instance, class and FH masks, generated locally."""
 
-    VERSION = tfds.core.Version("2.0.0")
+    VERSION = tfds.core.Version("3.0.0")
     RELEASE_NOTES = {
         "1.0.0": "First version.",
         "2.0.0": "New `natural` and `natural_tiny` configs, where colour is a nuisance: "
         "instance colours drawn independently of the class (a class is a shape plus a texture "
         "structure); photograph backgrounds with stuff regions and distractors; object radius "
         "8-30% of the image. The other configs render exactly as in 1.0.0.",
+        "3.0.0": "The `natural` style is the default: `default`, `tiny` and `s224` render as "
+        "2.0.0's `natural` configs (same seeds, so `default` and `tiny` equal 2.0.0's `natural` "
+        "and `natural_tiny` record for record); the 1.0.0 scenes stay as `legacy`, "
+        "`legacy_tiny` and `legacy_s224`. `natural` and `natural_tiny` are gone (now "
+        "`default` and `tiny`).",
     }
     BUILDER_CONFIGS = [
         SyntheticScenesConfig(name="default", description="64 px, 20k/2k/2k images."),
@@ -139,17 +146,23 @@ class SyntheticScenes(
         ),
         SyntheticScenesConfig(name="s224", description="224 px, 20k/2k/2k.", image_size=224),
         SyntheticScenesConfig(
-            name="natural",
-            description="Colour a nuisance, cluttered photo backgrounds; 64 px, 20k/2k/2k.",
-            style="natural",
+            name="legacy",
+            description="The 1.0.0 scenes (colour names the class); 64 px, 20k/2k/2k.",
+            style="legacy",
         ),
         SyntheticScenesConfig(
-            name="natural_tiny",
-            description="`natural`, 64 px, 256/64/64 images, for tests.",
+            name="legacy_tiny",
+            description="The 1.0.0 scenes, 64 px, 256/64/64 images.",
             num_train=256,
             num_validation=64,
             num_test=64,
-            style="natural",
+            style="legacy",
+        ),
+        SyntheticScenesConfig(
+            name="legacy_s224",
+            description="The 1.0.0 scenes, 224 px.",
+            image_size=224,
+            style="legacy",
         ),
     ]
     DEFAULT_CONFIG_NAME = "default"

@@ -78,7 +78,7 @@ def build(quick: bool, root: str, seed: int) -> str:
         PAPER,
         f"Ours: `local` backbone and 48 px views, batch {b.batch_size}, LARS base LR "
         f"{b.lars_base_lr}, {b.steps} steps (short budget: {short}); frozen-feature evaluations "
-        "on the embedded validation scenes (see `budgets.py`), in percent:\n",
+        "on the embedded test scenes (see `budgets.py`), in percent:\n",
         report.table(columns, rows),
         "\n".join(curves) + "\n",
         "Agreement with the paper (DetCon_B more efficient than BYOL, better at both budgets):\n",

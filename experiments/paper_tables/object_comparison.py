@@ -60,7 +60,7 @@ def build(quick: bool, root: str, seed: int) -> str:
         f"Paper: ResNet-50 pretrained on ImageNet, Mask R-CNN fine-tuned on COCO (1x / 2x "
         f"schedules). Ours: `local` backbone, 48 px views, batch {b.batch_size}, {b.steps} steps, "
         f"LARS base LR {b.lars_base_lr} for every method; frozen-feature probes on the embedded "
-        "validation scenes, in percent.\n",
+        "test scenes, in percent.\n",
         report.table(columns, rows),
         "Agreement with the paper's order (SimCLR < BYOL < DetCon_S < DetCon_B < Odin on COCO):\n",
     ]

@@ -67,7 +67,7 @@ def build(quick: bool, root: str, seed: int) -> str:
         f"Paper: ResNet-50 pretrained on ImageNet, evaluated on COCO. Ours: `local` backbone, "
         f"48 px views, batch {online.batch_size}, {online.steps} steps, LARS base LR "
         f"{online.lars_base_lr} (Supervised: its AdamW recipe), evaluated on "
-        f"{online.evals['discovery']['examples']} embedded validation scenes, in percent.\n",
+        f"{online.evals['discovery']['examples']} embedded test scenes, in percent.\n",
         report.table(columns, rows),
         f"Odin's discovery network along training (step: ABO^i): {odin_curve}.\n",
         "Agreement with the paper (Random < DetCon_B < Supervised < Odin):\n",
