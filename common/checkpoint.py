@@ -19,6 +19,13 @@ Faults (docs/RELIABILITY.md):
   `CheckpointSaveError` naming the directory and the step whose write failed. Orbax commits a step
   by renaming its temporary directory, so the failed step never appears and the previous ones
   stay restorable.
+* A save interrupted by a kill (SIGKILL, a host lost) leaves Orbax's temporary step directory
+  (`<step>.orbax-checkpoint-tmp*`) uncommitted: the restart never reads it, restores the newest
+  committed step, and removes it (`cleanup_tmp_directories`).
+
+Besides the state, a checkpoint holds where the training stream stands (`data_stream`: the next
+position of every data shard), so that a resumed run reads the records the uninterrupted run
+would have even where bad records were skipped (`data.skip_bad_records`); see `restore_stream`.
 """
 
 from __future__ import annotations
@@ -120,7 +127,11 @@ class Checkpointer:
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=keep, create=True, enable_async_checkpointing=async_save
+                max_to_keep=keep,
+                create=True,
+                enable_async_checkpointing=async_save,
+                # A save killed midway leaves its temporary directory: removed at the restart.
+                cleanup_tmp_directories=True,
             ),
         )
         self._pending_step: int | None = None  # saved asynchronously, not yet known written
@@ -136,8 +147,17 @@ class Checkpointer:
             f"(latest: step {self.manager.latest_step()})"
         )
 
-    def save(self, step: int, state: Any, signature: dict[str, Any]) -> None:
+    def save(
+        self,
+        step: int,
+        state: Any,
+        signature: dict[str, Any],
+        data_stream: dict[str, Any] | None = None,
+    ) -> None:
         """Saves `state` as `step` (asynchronously; Orbax commits atomically when done).
+
+        `data_stream` (JSON: `num_shards`, `positions`) is where the training stream stands
+        after `step`: the next stream position of every data shard, in shard order.
 
         Raises:
           CheckpointSaveError: this save, or the previous asynchronous one, failed.
@@ -150,6 +170,8 @@ class Checkpointer:
             "signature": ocp.args.JsonSave(signature),
             "fingerprint": ocp.args.JsonSave({"leaves": fingerprint(state)}),
         }
+        if data_stream is not None:
+            items["data_stream"] = ocp.args.JsonSave(data_stream)
         self._pending_step = step
         try:
             self.manager.save(step, args=ocp.args.Composite(**items), force=True)
@@ -197,7 +219,22 @@ class Checkpointer:
             raise self._corrupt(
                 step, f"{len(bad)} arrays differ from what was saved (first: {bad[:3]})", None
             )
+        self.restore_stream(step)  # readable too, or the step is damaged (and skipped)
         return state
+
+    def restore_stream(self, step: int) -> dict[str, Any] | None:
+        """The `data_stream` saved with `step`, or None where it has none (a checkpoint written
+        before streams were saved, or without a data stream).
+
+        Raises:
+          CheckpointCorruptError: it is there but unreadable.
+        """
+        if not os.path.isdir(os.path.join(self.directory, str(step), "data_stream")):
+            return None
+        try:
+            return self._restore_item(step, "data_stream", ocp.args.JsonRestore())
+        except Exception as e:
+            raise self._corrupt(step, "its data stream position is unreadable", e) from e
 
     def _corrupt(self, step: int, what: str, error: BaseException | None) -> CheckpointCorruptError:
         text = str(error).split(" See full TensorStore details")[0].splitlines() if error else []

@@ -11,8 +11,9 @@ Guarantees a long pod job relies on:
   over a `Mesh` with the batch on the `data` axis and the state donated; BatchNorm statistics and
   contrastive negatives are global because the batch is one global array;
 * the step's randomness is `fold_in(seed, step)` and the data stream is a function of
-  (seed, step), so a run resumed from a checkpoint computes exactly what the uninterrupted run
-  would have;
+  (seed, stream position); every checkpoint saves the next position of each data shard (bad
+  records skipped by `data.skip_bad_records` move it), so a run resumed from a checkpoint reads
+  the same records and computes exactly what the uninterrupted run would have;
 * SIGTERM (preemption) writes a checkpoint of the last completed step and exits cleanly; with
   several processes they agree on that step (JAX's preemption sync point), so a signal that
   reaches one host only still checkpoints every host at the same step;
@@ -34,6 +35,7 @@ import json
 import os
 import signal
 import sys
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -379,11 +381,14 @@ class StagedBatch:
       host: this process's numpy batch (pictures are drawn from it).
       batch: the global arrays of `to_global`.
       skipped_records: bad records the pipeline had dropped once this batch was read.
+      positions: the next stream position of each data shard this process reads, once this
+        batch was read (what a checkpoint of its step saves; empty for a stream without).
     """
 
     host: Mapping[str, np.ndarray]
     batch: dict[str, jax.Array]
     skipped_records: int
+    positions: tuple[int, ...] = ()
 
 
 def staged_batches(
@@ -407,7 +412,12 @@ def staged_batches(
         while read < count and (not staged or len(staged) < prefetch):
             host = next(data)
             staged.append(
-                StagedBatch(host, to_global(host, sharding), getattr(data, "num_skipped", 0))
+                StagedBatch(
+                    host,
+                    to_global(host, sharding),
+                    getattr(data, "num_skipped", 0),
+                    tuple(getattr(data, "positions", ())),
+                )
             )
             read += 1
         yield staged.popleft()
@@ -452,8 +462,13 @@ class _Preemption:
 
 
 def make_data_iterator(
-    config: ml_collections.ConfigDict, start_step: int
+    config: ml_collections.ConfigDict,
+    start_step: int,
+    start_positions: list[int] | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
+    """This process's batches of the training stream from global step `start_step`, or, given
+    `start_positions` (one per data shard this process reads, see `stream_positions`), from
+    those exact positions: the same batches unless bad records were skipped before them."""
     from common.data import pipeline  # tf.data is only imported by runs that read data
 
     makers = {
@@ -463,21 +478,92 @@ def make_data_iterator(
     kind = config.data.get("kind", "images")
     if kind not in makers:
         raise ValueError(f"config.data.kind: unknown kind {kind!r} (images, video_pairs)")
-    return makers[kind](
-        config.data,
-        global_batch_size=config.batch_size,
-        seed=config.seed,
-        start_step=start_step,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
+    if start_positions is None:
+        return makers[kind](
+            config.data,
+            global_batch_size=config.batch_size,
+            seed=config.seed,
+            start_step=start_step,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        )
+    from common.data import iterators, stream
+
+    num_shards, shards = stream.data_shards(
+        config.data.get("num_shards", 0), jax.process_index(), jax.process_count()
     )
+    if len(start_positions) != len(shards):
+        raise ValueError(f"{len(start_positions)} stream positions for the data shards {shards}")
+    # One reader per shard, each from its own position: the readers the pipeline makes for this
+    # process's shards (a shard is reader `shard` of `num_shards`), concatenated in shard order.
+    readers = [
+        makers[kind](
+            config.data,
+            global_batch_size=config.batch_size,
+            seed=config.seed,
+            process_index=shard,
+            process_count=num_shards,
+            start_position=position,
+        )
+        for shard, position in zip(shards, start_positions)
+    ]
+    return readers[0] if len(readers) == 1 else iterators.ConcatIterator(readers)
+
+
+def stream_positions(positions: tuple[int, ...], num_shards: int) -> dict[str, Any]:
+    """The `data_stream` a checkpoint saves: the next position of every data shard, in shard
+    order (gathered from every process: each reads a contiguous block of shards)."""
+    local = np.asarray(positions, np.int64)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        # As two int32 halves: without jax_enable_x64 an int64 would be cut to 32 bits.
+        halves = np.stack([local >> 31, local & (2**31 - 1)], -1).astype(np.int32)
+        gathered = np.asarray(multihost_utils.process_allgather(halves)).reshape(-1, 2)
+        local = (gathered[:, 0].astype(np.int64) << 31) + gathered[:, 1]
+    if local.size != num_shards:
+        raise ValueError(f"{local.size} stream positions for {num_shards} data shards")
+    return {"num_shards": int(num_shards), "positions": [int(p) for p in local]}
+
+
+def resume_positions(
+    config: ml_collections.ConfigDict, saved: Mapping[str, Any] | None, step: int
+) -> list[int] | None:
+    """This process's shards' start positions from a checkpoint's `data_stream`, or None to
+    resume from the step alone (`step * batch` per shard).
+
+    The rule: a checkpoint that holds the positions of as many shards as the run reads resumes
+    each shard exactly where it stood, whatever the number of processes; one without (written
+    before positions were saved) or of another number of shards resumes from the step, which
+    is the same stream unless bad records were skipped, and says so where they may have been.
+    """
+    from common.data import stream
+
+    num_shards, shards = stream.data_shards(
+        config.data.get("num_shards", 0), jax.process_index(), jax.process_count()
+    )
+    if saved is not None and int(saved["num_shards"]) == num_shards:
+        return [int(saved["positions"][s]) for s in shards]
+    if config.data.get("skip_bad_records") and step > 0:
+        why = (
+            "holds no stream position"
+            if saved is None
+            else f"holds the positions of {saved['num_shards']} data shards, not {num_shards}"
+        )
+        warnings.warn(
+            f"the checkpoint of step {step} {why}: the stream resumes from the step, shifted by "
+            "the bad records skipped before it (set data.num_shards to the saved number for an "
+            "exact resume)",
+            stacklevel=2,
+        )
+    return None
 
 
 def main(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Trains (resuming from `workdir` if it holds a checkpoint); returns the final metrics."""
     console.quiet()
     maybe_initialize_distributed(config)
-    from common.data import loading  # tf.data / TFDS only in runs that read data
+    from common.data import loading, stream  # tf.data / TFDS only in runs that read data
 
     num_examples = loading.ensure_dataset(config.data)
     setup = build(config, num_examples)
@@ -495,9 +581,11 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
 
     ckpt = checkpoint.Checkpointer(workdir, keep=config.checkpoint.keep)
     restored = ckpt.restore_latest(state, signature)  # the newest intact checkpoint
+    start_positions = None
     if restored is not None:
         latest, state = restored
         print(f"resumed from {ckpt.directory} at step {latest}", flush=True)
+        start_positions = resume_positions(config, ckpt.restore_stream(latest), latest)
     start_step = int(state.step)
 
     step_fn = make_step_fn(setup, mesh)
@@ -508,12 +596,15 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     loop = config.get("loop") or {}
     sync_every_step = bool(loop.get("sync_every_step", False))
     batches = staged_batches(
-        make_data_iterator(config, start_step),
+        make_data_iterator(config, start_step, start_positions),
         batch_sharding,
         count=setup.total_steps - start_step,
         prefetch=int(loop.get("prefetch", 2)),
     )
     preemption = _Preemption()
+    num_shards = stream.data_shards(
+        config.data.get("num_shards", 0), jax.process_index(), jax.process_count()
+    )[0]
     pictures_on = bool(config.get("pictures_every_steps", 0))
 
     def ensure_finite(step: int, health: Health) -> None:
@@ -561,7 +652,10 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
             if pictures:
                 save_pictures(setup, state, staged.host, workdir, step)
             if save:
-                ckpt.save(step, state, signature)
+                position = (
+                    stream_positions(staged.positions, num_shards) if staged.positions else None
+                )
+                ckpt.save(step, state, signature, position)
             if stop:
                 ckpt.wait()
                 print(f"SIGTERM: checkpointed step {step} in {ckpt.directory}; exiting", flush=True)

@@ -91,8 +91,8 @@ def run_cli(args, *, num_devices=1, timeout=600, check=True) -> subprocess.Compl
     return proc
 
 
-def load_final_params(workdir: str) -> dict[str, np.ndarray]:
-    """Flat {path: array} of the parameters in the latest checkpoint of `workdir`."""
+def load_final_params(workdir: str, step: int | None = None) -> dict[str, np.ndarray]:
+    """Flat {path: array} of the parameters in the latest checkpoint of `workdir` (or `step`)."""
     import jax
     import orbax.checkpoint as ocp
 
@@ -100,7 +100,7 @@ def load_final_params(workdir: str) -> dict[str, np.ndarray]:
         os.path.join(workdir, "checkpoints"),
         item_handlers={"state": ocp.StandardCheckpointHandler()},
     )
-    step = manager.latest_step()
+    step = manager.latest_step() if step is None else step
     # Restore onto this process's first device, whatever topology saved it.
     metadata = manager.item_metadata(step)["state"]
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
@@ -114,6 +114,28 @@ def load_final_params(workdir: str) -> dict[str, np.ndarray]:
         {"params": state["params"], "ema": state["ema_params"], "bs": state["batch_stats"]}
     )[0]
     manager.close()
+    return {jax.tree_util.keystr(p): np.asarray(v) for p, v in flat}, step
+
+
+def load_state(workdir: str, step: int | None = None) -> tuple[dict[str, np.ndarray], int]:
+    """`({path: array}, step)` of every array of the train state saved as `step` (default: the
+    latest) in `workdir`, restored onto this process's first device."""
+    import jax
+    import orbax.checkpoint as ocp
+
+    manager = ocp.CheckpointManager(
+        os.path.join(workdir, "checkpoints"),
+        item_handlers={"state": ocp.StandardCheckpointHandler()},
+    )
+    step = manager.latest_step() if step is None else step
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree_util.tree_map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+        manager.item_metadata(step)["state"],
+    )
+    state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+    manager.close()
+    flat = jax.tree_util.tree_flatten_with_path(state["state"])[0]
     return {jax.tree_util.keystr(p): np.asarray(v) for p, v in flat}, step
 
 

@@ -39,10 +39,15 @@ SIGNATURE = {
 }  # fmt: skip
 
 
+def _stream(step: int) -> dict:
+    """A data stream position as the trainer saves it (two shards of 5 rows a step)."""
+    return {"num_shards": 2, "positions": [5 * step, 5 * step + 1]}
+
+
 def _workdir_with_steps(workdir: str, steps=(1, 2)) -> None:
     ckpt = checkpoint.Checkpointer(workdir)
     for step in steps:
-        ckpt.save(step, _state(step), SIGNATURE)
+        ckpt.save(step, _state(step), SIGNATURE, _stream(step))
     ckpt.wait()
     ckpt.close()
 
@@ -83,6 +88,10 @@ DAMAGE = {
         lambda d: open(f"{d}/signature/metadata", "w").close(),
         "its signature is unreadable: JSONDecodeError",
     ),
+    "emptied stream position": (
+        lambda d: open(f"{d}/data_stream/metadata", "w").close(),
+        "its data stream position is unreadable: JSONDecodeError",
+    ),
 }
 
 
@@ -96,7 +105,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_newest_intact_one(damage, t
     with pytest.warns(UserWarning, match=f"checkpoint step 2 in {workdir}/checkpoints is damaged: "
                       f"{what}.*; falling back to step 1"):  # fmt: skip
         step, state = ckpt.restore_latest(_state(0), SIGNATURE)
-    assert step == 1
+    assert step == 1 and ckpt.restore_stream(1) == _stream(1)
     jax.tree.map(np.testing.assert_array_equal, state, _state(1))
     # The damaged step is set aside, so training on saves step 2 again.
     assert ckpt.latest_step() == 1 and len(os.listdir(f"{workdir}/checkpoints_damaged")) == 1
@@ -105,6 +114,18 @@ def test_damaged_latest_checkpoint_falls_back_to_the_newest_intact_one(damage, t
     step, state = ckpt.restore_latest(_state(0), SIGNATURE)
     assert step == 2
     jax.tree.map(np.testing.assert_array_equal, state, _state(2))
+    ckpt.close()
+
+
+def test_a_checkpoint_without_a_stream_position_restores(tmp_path):
+    """Checkpoints written before stream positions were saved restore as before; the trainer
+    then resumes the stream from the step (`train.resume_positions`)."""
+    ckpt = checkpoint.Checkpointer(str(tmp_path))
+    ckpt.save(1, _state(1), SIGNATURE)
+    ckpt.wait()
+    step, state = ckpt.restore_latest(_state(0), SIGNATURE)
+    assert step == 1 and ckpt.restore_stream(1) is None
+    jax.tree.map(np.testing.assert_array_equal, state, _state(1))
     ckpt.close()
 
 
@@ -261,3 +282,21 @@ def test_training_resumes_from_the_newest_intact_checkpoint(data_dir, tmp_path):
     tb = _tensorboard_scalars(workdir, "train/loss")
     assert tb == pytest.approx({r["step"]: r["train/loss"] for r in train}, rel=1e-6)
     shutil.rmtree(workdir)
+
+
+def test_stream_resume_rule(tmp_path):
+    """Saved positions of as many shards as the run reads resume each shard exactly; none (an
+    old checkpoint), or another shard count, resume from the step, with a warning where
+    skipped records may shift the stream."""
+    from common import train
+
+    config = helpers.tiny_config("byol", str(tmp_path), **{"data.num_shards": 2})
+    assert train.resume_positions(config, _stream(4), 4) == [20, 21]
+    skipping = helpers.tiny_config(
+        "byol", str(tmp_path), **{"data.num_shards": 2, "data.skip_bad_records": True}
+    )
+    with pytest.warns(UserWarning, match="step 4 holds no stream position: the stream resumes"):
+        assert train.resume_positions(skipping, None, 4) is None
+    with pytest.warns(UserWarning, match="positions of 3 data shards, not 2"):
+        assert train.resume_positions(skipping, {"num_shards": 3, "positions": [0] * 3}, 4) is None
+    assert train.resume_positions(config, None, 4) is None  # nothing skipped: the same stream

@@ -1,13 +1,10 @@
-"""The trainer: sharded == unsharded, compile once, resume after SIGKILL, SIGTERM, clear errors."""
+"""The trainer: sharded == unsharded, compile once, clear errors (SIGTERM: test_loop.py and
+test_multiprocess.py; SIGKILL at chosen points: test_resume_kill.py)."""
 
 from __future__ import annotations
 
 import functools
 import os
-import random
-import signal
-import subprocess
-import time
 
 import chex
 import jax
@@ -79,75 +76,6 @@ def test_compiles_once_and_logs(data_dir, tmp_path, monkeypatch):
         assert key in rows[-1]
     assert 0.0 <= results["monitor/top1"] <= 1.0
     assert os.path.exists(tmp_path / "final_eval.json")
-
-
-def _wait_for_step(workdir, step, proc, timeout=300):
-    deadline = time.time() + timeout
-    path = os.path.join(workdir, "metrics.jsonl")
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            return False
-        if os.path.exists(path):
-            with open(path) as f:
-                if sum(1 for _ in f) >= step:
-                    return True
-        time.sleep(0.05)
-    raise TimeoutError(f"no step {step} in {workdir}")
-
-
-def _wait_for_checkpoint(workdir, proc, timeout=120):
-    """Waits until Orbax has committed a checkpoint (a directory named by its step alone)."""
-    deadline = time.time() + timeout
-    path = os.path.join(workdir, "checkpoints")
-    while time.time() < deadline and proc.poll() is None:
-        if os.path.isdir(path) and any(name.isdigit() for name in os.listdir(path)):
-            return True
-        time.sleep(0.02)
-    return False
-
-
-def test_resume_after_sigkill_matches_uninterrupted_run(data_dir, tmp_path):
-    steps = {"total_steps": 8, "checkpoint.every_steps": 2}
-    ref_dir, kill_dir = str(tmp_path / "ref"), str(tmp_path / "killed")
-    helpers.run_cli(helpers.cli_args("byol", data_dir, ref_dir, **steps))
-
-    kill_at = random.Random(os.getpid()).randint(3, 6)
-    proc = subprocess.Popen(
-        helpers.cli_args("byol", data_dir, kill_dir, **steps),
-        env=helpers.subprocess_env(), cwd=helpers.REPO,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    reached = _wait_for_step(kill_dir, kill_at, proc) and _wait_for_checkpoint(kill_dir, proc)
-    proc.kill()
-    proc.wait()
-    assert reached, "the run ended before it could be killed"
-    resumed = helpers.run_cli(helpers.cli_args("byol", data_dir, kill_dir, **steps))
-    assert "resumed from" in resumed.stdout
-
-    ref, ref_step = helpers.load_final_params(ref_dir)
-    got, got_step = helpers.load_final_params(kill_dir)
-    assert ref_step == got_step == 8
-    assert ref.keys() == got.keys()
-    worst = max(float(np.abs(ref[k] - got[k]).max()) for k in ref)
-    assert worst <= 1e-6, worst
-
-
-def test_sigterm_checkpoints_before_exit(data_dir, tmp_path):
-    workdir = str(tmp_path)
-    args = helpers.cli_args(
-        "byol", data_dir, workdir, **{"total_steps": 400, "checkpoint.every_steps": 1000}
-    )
-    proc = subprocess.Popen(
-        args, env=helpers.subprocess_env(), cwd=helpers.REPO,
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )  # fmt: skip
-    assert _wait_for_step(workdir, 3, proc)
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 0
-    assert "SIGTERM: checkpointed step" in out
-    _, step = helpers.load_final_params(workdir)
-    assert 3 <= step < 400
 
 
 def test_mistyped_config_key_fails_clearly(data_dir, tmp_path):

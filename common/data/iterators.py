@@ -9,7 +9,8 @@ records dropped among the stream positions consumed so far (exact, derived from 
 the yielded batches carry, so prefetching does not inflate it), and a warning is logged each
 time it grows, for the trainer to log as a metric. Skipping keeps the stream deterministic, but
 a run resumed by `start_step` then starts `num_skipped` positions early; pass
-`start_position=iterator.position` (saved with the checkpoint) for an exact resume.
+`start_position=iterator.position` for an exact resume (the trainer saves `positions`, one per
+data shard, with every checkpoint and resumes each shard from its own).
 """
 
 from __future__ import annotations
@@ -88,6 +89,11 @@ class DataIterator:
     def __iter__(self) -> DataIterator:
         return self
 
+    @property
+    def positions(self) -> list[int]:
+        """`[position]`: the next stream position of the one data shard read."""
+        return [self.position]
+
     def __next__(self) -> dict[str, np.ndarray]:
         if self._it is None:
             self._it = self.dataset.as_numpy_iterator()
@@ -130,3 +136,8 @@ class ConcatIterator:
     @property
     def num_skipped(self) -> int:
         return sum(it.num_skipped for it in self.iterators)
+
+    @property
+    def positions(self) -> list[int]:
+        """The next stream position of each data shard read, in shard order."""
+        return [it.position for it in self.iterators]
