@@ -331,7 +331,6 @@ def test_scenes_config_validation():
         SyntheticScenesConfig(name="x", num_test=0)
     assert SyntheticScenesConfig(name="x", image_size=224).fh_settings == ((358.0, 358),)
     configs = {c.name: c for c in SyntheticScenes.BUILDER_CONFIGS}
-    assert (configs["default"].num_train, configs["default"].image_size) == (20000, 64)
     assert (configs["tiny"].num_train, configs["tiny"].num_validation) == (256, 64)
     assert {configs[n].style for n in ("default", "tiny", "s224")} == {"natural"}
     assert {configs[n].style for n in ("legacy", "legacy_tiny", "legacy_s224")} == {"legacy"}
@@ -339,10 +338,11 @@ def test_scenes_config_validation():
     def sizes(c):
         return (c.num_train, c.num_validation, c.num_test, c.image_size)
 
-    for name in ("default", "tiny", "s224"):
-        assert sizes(configs["legacy" if name == "default" else f"legacy_{name}"]) == sizes(
-            configs[name]
-        )
+    assert sizes(configs["legacy_tiny"]) == sizes(configs["tiny"])
+    # The natural default halves the training split (build time); legacy keeps 1.0.0's sizes.
+    assert sizes(configs["default"]) == (8000, 1000, 1000, 64)
+    assert sizes(configs["legacy"]) == (20000, 2000, 2000, 64)
+    assert sizes(configs["legacy_s224"]) == (20000, 2000, 2000, 224)
     with pytest.raises(ValueError, match="style"):
         SyntheticScenesConfig(name="x", style="photo")
 

@@ -12,6 +12,7 @@ import pytest
 from experiments.paper_tables import (
     budgets,
     detcon_efficiency,
+    local_recipe,
     object_comparison,
     odin_discovery,
     report,
@@ -92,6 +93,30 @@ def test_configs_are_cached_by_content(tmp_path):
     assert runs.run_key(byol) == runs.run_key(again) != runs.run_key(other_seed)
     path = runs.workdir_of(str(tmp_path), object_comparison.RUNS[3], byol)
     assert path.startswith(str(tmp_path / "detcon_b_"))
+
+
+def test_the_recipe_sweep_varies_only_the_optimiser_and_scores_on_validation():
+    budget = local_recipe.budget(False, 0)
+    configs = [
+        runs.configure(local_recipe._run("BYOL", "experiments/byol.py:local", name, (0.08, 1.0)),
+                       budget)
+        for name, _ in local_recipe.OPTIMISERS
+    ]  # fmt: skip
+    plain = [c.to_dict() for c in configs]
+    for d in plain:
+        d.pop("optimizer")
+    assert all(d == plain[0] for d in plain)
+    assert {(c.optimizer.name, c.optimizer.base_lr) for c in configs} == {
+        ("lars", 0.4), ("lars", 1.6), ("lars", 3.2), ("lars", 6.4), ("adamw", 4e-3),
+        ("adamw", 1.2e-2)
+    }  # fmt: skip
+    # The recipe is chosen on validation; the tables report test figures.
+    assert {c.evals[e].split for c in configs for e in c.evals} == {"validation"}
+    table = runs.configure(object_comparison.RUNS[1], object_comparison.budget(False, 0))
+    assert {table.evals[e].split for e in table.evals} == {"test"}
+    random = {key: 0.1 for key, _ in local_recipe.METRICS}
+    better = {key: 0.1 + 0.02 * i for i, (key, _) in enumerate(local_recipe.METRICS)}
+    assert local_recipe.gain(better, random) == pytest.approx(0.03)
 
 
 def test_a_mistyped_override_is_an_error():

@@ -4,7 +4,8 @@ Every row of a table is a `Run`: an experiment config (`experiments/<file>.py:<a
 overrides. `configure` gives each run of a table the same budget (steps, batch size, view
 resolution and backbone come from the `local` configs, which share them) and the same
 evaluators, so rows differ only in what the method does. `train` runs the ordinary trainer
-(`common.train.main`) in this process; its workdir is named by a hash of the full config, so a
+(`common.train.main`) in this process; its workdir is named by a hash of the full config and of
+the dataset's version and builder config (`dataset_identity`), so a
 table command that is interrupted, or a second table that needs the same run, reuses every run
 already finished (a workdir with `final_eval.json`) and resumes a half-finished one from its
 checkpoint.
@@ -121,9 +122,25 @@ def configure(run: Run, budget: Budget) -> ml_collections.ConfigDict:
     return config
 
 
+def dataset_identity(data_config: ml_collections.ConfigDict) -> str:
+    """`name:version` and the builder config of the dataset a run trains on.
+
+    Part of the run key: a dataset name alone does not name the data (`synthetic_scenes` was the
+    colour-coded 1.0.0 scenes before 3.0.0), and a run trained on other data must not be reused.
+    """
+    from common.data import loading
+
+    builder = loading.get_builder(data_config)
+    return f"{builder.info.full_name}|{builder.builder_config!r}"
+
+
 def run_key(config: ml_collections.ConfigDict) -> str:
-    """A short hash of the config: equal configs share a workdir."""
-    text = json.dumps(config.to_dict(), sort_keys=True, default=str)
+    """A short hash of the config and of the dataset's identity: equal ones share a workdir."""
+    text = json.dumps(
+        {"config": config.to_dict(), "data": dataset_identity(config.data)},
+        sort_keys=True,
+        default=str,
+    )
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
