@@ -7,8 +7,8 @@ on 48 px views; what that budget learns depends on the optimiser and its rate fa
 the method (LARS moves each layer by `lr * 1e-3 * |w|` per step, so the papers' base rate of 0.2
 at batch 64 barely moves the weights in 200 steps). The sweep, in two stages:
 
-1. BYOL (the README's main job) with LARS at base rates 0.4 / 1.6 / 3.2 / 6.4 and AdamW at peak
-   rates 1e-3 / 3e-3, views cropped at (0.08, 1) of the image (BYOL's crops);
+1. BYOL (the README's main job) with LARS at base rates 0.4 / 3.2 / 6.4 and AdamW at peak rate
+   1e-3, views cropped at (0.08, 1) of the image (BYOL's crops);
 2. the best setting of stage 1 for DetCon_B (BYOL's family with masks) and SimCLR (the
    contrastive family: SimCLR, DetCon_S, MoCLR), each against its own random initialisation.
 
@@ -43,10 +43,9 @@ OPTIMISERS = (
     ("AdamW 1e-3", (("optimizer.name", "adamw"), ("optimizer.base_lr", 4e-3),
                     ("optimizer.weight_decay", 1e-4))),
     ("LARS 6.4", (("optimizer.name", "lars"), ("optimizer.base_lr", 6.4))),
-    ("AdamW 3e-3", (("optimizer.name", "adamw"), ("optimizer.base_lr", 1.2e-2),
-                    ("optimizer.weight_decay", 1e-4))),
-    ("LARS 1.6", (("optimizer.name", "lars"), ("optimizer.base_lr", 1.6))),
 )  # fmt: skip
+# Not run (session time on a shared 2-core machine), next in line: AdamW at peak 3e-3 and LARS
+# at 1.6; a first pass on a 20,000-image build ranked AdamW 1e-3 and LARS 3.2 well above 0.4.
 CROP = (0.08, 1.0)
 FAMILIES = (
     ("DetCon_B", "experiments/detcon_b.py:local"),
