@@ -16,9 +16,9 @@ def get_config(arg: str | None = None):
     config = base_config("simclr", args.variant)
     config.loss.temperature = args.temperature
     config.augment.view1 = config.augment.view2 = "simclr"
-    config.optimizer.base_lr = 0.3
     config.optimizer.weight_decay = 1e-6
     if args.variant == "imagenet":
+        config.optimizer.base_lr = 0.3  # local: the recipe sweep's rate (experiments/base.py)
         config.num_epochs = args.epochs
         config.model.projector_hidden = 2048
         config.model.projector_dim = 128

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow as tf
-from jax.sharding import NamedSharding
+from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from PIL import Image
 
@@ -303,21 +303,38 @@ def _supervised_config(data_dir):
     return config
 
 
+def _one_device_mesh():
+    return Mesh(np.asarray(jax.devices()[:1]), ("data",))
+
+
 @pytest.fixture(scope="module")
 def supervised_workdir(data_dir, tmp_path_factory):
-    """A short supervised run (backbone + classifier, cross-entropy on `label`)."""
+    """A short supervised run (backbone + classifier, cross-entropy on `label`).
+
+    On one device, as the evaluation below: what is tested is what the evaluators see, not the
+    sharding (evaluators on 8 devices are tested above). On the full suite's 8 simulated devices
+    this test's linear probe twice ended in an XLA:CPU all-reduce rendezvous timeout (6 of 8
+    participants after 40 s, the process aborted) on a loaded 2-core machine, never when run
+    alone: under investigation.
+    """
     import ml_collections
 
     workdir = str(tmp_path_factory.mktemp("supervised"))
     config = _supervised_config(data_dir)
     with config.unlocked():
         config.evals = ml_collections.ConfigDict()  # evaluated by the tests themselves
-    train.main(config, workdir)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(train, "create_mesh", _one_device_mesh)
+        train.main(config, workdir)
     return workdir
 
 
-def test_supervised_backbone_beats_random_init_on_every_evaluator(data_dir, supervised_workdir):
+def test_supervised_backbone_beats_random_init_on_every_evaluator(
+    data_dir, supervised_workdir, monkeypatch
+):
     from common import evaluate
+
+    monkeypatch.setattr(train, "create_mesh", _one_device_mesh)
 
     config = _supervised_config(data_dir)
     setup, trained, mesh = evaluate.restore_state(config, supervised_workdir)
