@@ -116,6 +116,11 @@ class SyntheticScenesConfig(tfds.core.BuilderConfig):
         return segmentation.fh_dtype_for_size(size, size, self.fh_settings)
 
 
+# Split sizes shared by configs: the tests' `tiny` ones, and 1.0.0's sizes kept by `legacy`.
+_TINY_SIZES = {"num_train": 256, "num_validation": 64, "num_test": 64}
+_LEGACY_SIZES = {"num_train": 20000, "num_validation": 2000, "num_test": 2000}
+
+
 # Run as a script, this file is also imported under its package name by `main` (TFDS reads the
 # builder's package files), so only that copy registers the dataset name.
 class SyntheticScenes(
@@ -144,34 +149,26 @@ class SyntheticScenes(
         SyntheticScenesConfig(
             name="tiny",
             description="64 px, 256/64/64 images, for tests.",
-            num_train=256,
-            num_validation=64,
-            num_test=64,
+            **_TINY_SIZES,
         ),
         SyntheticScenesConfig(name="s224", description="224 px, 8k/1k/1k.", image_size=224),
         SyntheticScenesConfig(
             name="legacy",
             description="The 1.0.0 scenes (colour names the class); 64 px, 20k/2k/2k.",
-            num_train=20000,
-            num_validation=2000,
-            num_test=2000,
+            **_LEGACY_SIZES,
             style="legacy",
         ),
         SyntheticScenesConfig(
             name="legacy_tiny",
             description="The 1.0.0 scenes, 64 px, 256/64/64 images.",
-            num_train=256,
-            num_validation=64,
-            num_test=64,
+            **_TINY_SIZES,
             style="legacy",
         ),
         SyntheticScenesConfig(
             name="legacy_s224",
             description="The 1.0.0 scenes, 224 px, 20k/2k/2k.",
             image_size=224,
-            num_train=20000,
-            num_validation=2000,
-            num_test=2000,
+            **_LEGACY_SIZES,
             style="legacy",
         ),
     ]
