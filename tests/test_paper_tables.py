@@ -6,11 +6,12 @@ their results committed (experiments/paper_tables/results/), not in CI.
 
 import json
 import math
+import statistics
 
 import pytest
 
 from experiments.paper_tables import (
-    budgets,
+    beats_random,
     detcon_efficiency,
     local_recipe,
     object_comparison,
@@ -64,6 +65,7 @@ def test_every_row_of_a_table_gets_the_same_compute(quick):
                       odin_discovery.budget(quick, 0)),
         "vito": ([vito_video.MOCLR_IMAGES, vito_video.MOCLR_FRAMES, vito_video.VITO],
                  vito_video.budget(quick, 0)),
+        "beats_random": (list(beats_random.RUNS), beats_random.budget(quick, 0)),
     }  # fmt: skip
     for name, (rows, budget) in tables.items():
         configs = [runs.configure(run, budget) for run in rows]
@@ -74,7 +76,9 @@ def test_every_row_of_a_table_gets_the_same_compute(quick):
             assert set(config.evals) == set(budget.evals), name
             assert config.eval_every_steps == budget.eval_every_steps
             if config.optimizer.name == "lars":
-                assert config.optimizer.base_lr == budgets.LARS_BASE_LR
+                # beats_random keeps the `local` configs' own rate, the same for every method.
+                expected = budget.lars_base_lr or configs[0].optimizer.base_lr
+                assert config.optimizer.base_lr == expected, name
             # Identical evaluator options across rows, dataset and network aside.
             for evaluator in budget.evals:
                 ours = config.evals[evaluator].to_dict()
@@ -134,3 +138,39 @@ def test_markdown_table_and_percent():
     head = report.header("T", argv, 90, "abc123")
     assert "`python -m experiments.paper_tables.odin_discovery --quick`" in head
     assert "1.5 min" in head and "- commit: `abc123`" in head
+
+
+def test_mean_and_standard_error_over_seeds():
+    values = [0.30, 0.34, 0.41]
+    mean, se = beats_random.mean_and_se(values)
+    assert mean == pytest.approx(statistics.fmean(values))
+    assert se == pytest.approx(statistics.stdev(values) / math.sqrt(3))
+    diff, se_diff = beats_random.margin([0.5, 0.6], [0.1, 0.3])
+    assert diff == pytest.approx(0.35)
+    # SE of each: 0.05 and 0.1; of the difference: their root sum of squares.
+    assert se_diff == pytest.approx(math.sqrt(0.05**2 + 0.1**2))
+    with pytest.raises(ValueError, match="at least 2"):
+        beats_random.mean_and_se([0.1])
+
+
+def test_beats_random_table_reports_spread_and_verdicts(monkeypatch):
+    """The table's arithmetic on made-up scores: a method far above the random row in every
+    metric beats it on all four; one whose seeds straddle the random row beats it on none."""
+    keys = [key for key, _ in beats_random.METRICS]
+
+    def fake_train(run, budget, root):
+        base = {"BYOL": 0.6}.get(run.label, 0.2)
+        return {budget.steps: {k: base + 0.01 * budget.seed for k in keys}}
+
+    def fake_init(run, budget, root):
+        return {k: 0.2 + 0.02 * (budget.seed % 2) for k in keys}
+
+    monkeypatch.setattr(runs, "train", fake_train)
+    monkeypatch.setattr(runs, "evaluate_init", fake_init)
+    text = beats_random.build(False, "unused", (0, 1, 2))
+    assert "| Random init | 20.7 ± 0.7 |" in text
+    assert "| BYOL | 61.0 ± 0.6 |" in text
+    byol = next(line for line in text.splitlines() if line.startswith("| BYOL | +"))
+    assert byol.endswith("| 4 of 4 |")
+    simclr = next(line for line in text.splitlines() if line.startswith("| SimCLR | +"))
+    assert simclr.endswith("| 0 of 4 |")
