@@ -174,3 +174,24 @@ def test_beats_random_table_reports_spread_and_verdicts(monkeypatch):
     assert byol.endswith("| 4 of 4 |")
     simclr = next(line for line in text.splitlines() if line.startswith("| SimCLR | +"))
     assert simclr.endswith("| 0 of 4 |")
+
+
+def test_object_comparison_reuses_the_beats_random_runs(monkeypatch):
+    """Same runs, same workdirs: a root holding beats_random's runs makes the comparison free."""
+    ours = {run.label: run for run in beats_random.RUNS}
+    for seed in (0, 1):
+        for run in object_comparison.RUNS:
+            config = runs.configure(run, object_comparison.budget(False, seed))
+            other = ours[run.label]
+            same = runs.configure(other, beats_random.budget(False, seed))
+            assert runs.workdir_of("r", run, config) == runs.workdir_of("r", other, same)
+    keys = [key for key, _ in object_comparison.METRICS]
+    order = [label for label, *_ in object_comparison.PAPER_ROWS]
+
+    def fake_train(run, budget, root):  # the paper's order, seeds 0.01 apart
+        return {budget.steps: {k: 0.1 * order.index(run.label) + 0.01 * budget.seed for k in keys}}
+
+    monkeypatch.setattr(runs, "train", fake_train)
+    text = object_comparison.build(False, "unused", (0, 1, 2))
+    assert "| Odin | no | 42.9 | 38.4 | 43.8 | 39.1 | 41.0 ± 0.6 |" in text
+    assert text.count("10 of 10 pairs in the paper's order") == len(keys)

@@ -69,7 +69,8 @@ def margin(method: Sequence[float], random: Sequence[float]) -> tuple[float, flo
     return m - r, math.hypot(se_m, se_r)
 
 
-def _cell(values: Sequence[float]) -> str:
+def cell(values: Sequence[float]) -> str:
+    """`mean ± SE` in percent."""
     mean, se = mean_and_se(values)
     return f"{report.pct(mean)} ± {report.pct(se)}"
 
@@ -90,7 +91,7 @@ def build(quick: bool, root: str, seeds: tuple[int, ...]) -> str:
             scores.setdefault(run.label, []).append(runs.train(run, b, root)[b.steps])
     columns = ["pretraining", *(name for _, name in METRICS)]
     rows = [
-        [label, *(_cell(per_seed(scores, key)[label]) for key, _ in METRICS)] for label in scores
+        [label, *(cell(per_seed(scores, key)[label]) for key, _ in METRICS)] for label in scores
     ]
     lines = [
         f"Each method's own `local` config: `resnet18` at 48 px views, batch {first.batch_size}, "

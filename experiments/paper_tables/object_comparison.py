@@ -1,17 +1,20 @@
 """SimCLR / BYOL / DetCon_S / DetCon_B / Odin at equal compute (the COCO transfer table of the
 DetCon and Odin papers).
 
-    python -m experiments.paper_tables.object_comparison [--quick]
+    python -m experiments.paper_tables.object_comparison [--quick] [--seeds N]
 
 Every method trains the same backbone on the same views with the same batch, steps and LARS
-rate; all are evaluated by the same frozen-feature probes. The papers fine-tune Mask R-CNN on
-COCO; here the object-level stand-ins are a segmentation probe and k-means object discovery on
-the embedded scenes, next to image-level classification probes (`budgets.py`).
+rate: the default `local` budget, the same runs as `beats_random.py` (a workdir root holding
+that table's runs makes this one free). All are evaluated by the same frozen-feature probes;
+every cell is the mean and standard error over N pretraining seeds (default 3). The papers
+fine-tune Mask R-CNN on COCO; here the object-level stand-ins are a segmentation probe and
+k-means object discovery on the embedded scenes, next to image-level classification probes
+(`budgets.py`).
 """
 
 from __future__ import annotations
 
-from experiments.paper_tables import budgets, cli, report, runs
+from experiments.paper_tables import beats_random, cli, report, runs
 
 # (method, knows objects?, paper 1x AP^bb, 1x AP^mk, 2x AP^bb, 2x AP^mk)
 PAPER_ROWS = (
@@ -37,40 +40,45 @@ METRICS = (
 
 
 def budget(quick: bool, seed: int) -> runs.Budget:
-    return runs.Budget(
-        steps=40 if quick else 300,
-        batch_size=32 if quick else 64,
-        eval_every_steps=0,
-        lars_base_lr=budgets.LARS_BASE_LR,
-        evals=budgets.image_evals(quick),
-        seed=seed,
-    )
+    """The default `local` budget, as `beats_random.py`'s (so the two share their runs)."""
+    return beats_random.budget(quick, seed)
 
 
-def build(quick: bool, root: str, seed: int) -> str:
-    b = budget(quick, seed)
-    ours = {run.label: runs.train(run, b, root)[b.steps] for run in RUNS}
+def build(quick: bool, root: str, seeds: tuple[int, ...]) -> str:
+    b = budget(quick, seeds[0])
+    rate = runs.configure(RUNS[1], b).optimizer.base_lr
+    # {label: [results of each seed]}
+    by_seed = {run.label: [runs.train(run, budget(quick, s), root)[b.steps] for s in seeds]
+               for run in RUNS}  # fmt: skip
+    mean = {
+        label: {k: beats_random.mean_and_se([r[k] for r in results])[0] for k, _ in METRICS}
+        for label, results in by_seed.items()
+    }
     columns = ["method", "knows obj?", "paper 1x AP^bb", "1x AP^mk", "2x AP^bb", "2x AP^mk"]
     columns += [f"ours: {name}" for _, name in METRICS]
     rows = []
     for label, knows, *paper in PAPER_ROWS:
-        rows.append([label, knows, *paper] + [report.pct(ours[label].get(k)) for k, _ in METRICS])
+        cells = [beats_random.cell([r[k] for r in by_seed[label]]) for k, _ in METRICS]
+        rows.append([label, knows, *paper, *cells])
     paper_order = [row[0] for row in PAPER_ROWS]  # ascending COCO AP in the paper
     lines = [
         f"Paper: ResNet-50 pretrained on ImageNet, Mask R-CNN fine-tuned on COCO (1x / 2x "
         f"schedules). Ours: `local` backbone, 48 px views, batch {b.batch_size}, {b.steps} steps, "
-        f"LARS base LR {b.lars_base_lr} for every method; frozen-feature probes on the embedded "
-        "test scenes, in percent.\n",
+        f"LARS base LR {rate} for every method; frozen-feature probes on the embedded test "
+        f"scenes, in percent: mean ± standard error over {len(seeds)} pretraining seeds "
+        f"({', '.join(map(str, seeds))}). The random network's figures are in "
+        "`beats_random.md`.\n",
         report.table(columns, rows),
-        "Agreement with the paper's order (SimCLR < BYOL < DetCon_S < DetCon_B < Odin on COCO):\n",
+        "Agreement with the paper's order (SimCLR < BYOL < DetCon_S < DetCon_B < Odin on COCO), "
+        "on the means:\n",
     ]
     for key, name in METRICS:
-        ranked = sorted(paper_order, key=lambda label: ours[label][key])
+        ranked = sorted(paper_order, key=lambda label: mean[label][key])
         pairs = [
-            (a, b)
-            for i, a in enumerate(paper_order)
-            for b in paper_order[i + 1 :]
-            if ours[a][key] < ours[b][key]
+            (x, y)
+            for i, x in enumerate(paper_order)
+            for y in paper_order[i + 1 :]
+            if mean[x][key] < mean[y][key]
         ]
         total = len(paper_order) * (len(paper_order) - 1) // 2
         lines.append(
@@ -79,8 +87,8 @@ def build(quick: bool, root: str, seed: int) -> str:
         )
     objects = ("DetCon_S", "DetCon_B", "Odin")
     for key, name in METRICS[:2]:
-        best_plain = max(ours[label][key] for label in ("SimCLR", "BYOL"))
-        above = [label for label in objects if ours[label][key] > best_plain]
+        best_plain = max(mean[label][key] for label in ("SimCLR", "BYOL"))
+        above = [label for label in objects if mean[label][key] > best_plain]
         lines.append(
             f"- {name}: object-level methods above the best image-level one: "
             f"{', '.join(above) or 'none'} (paper: all three)."
@@ -90,7 +98,11 @@ def build(quick: bool, root: str, seed: int) -> str:
 
 def main(argv=None) -> str:
     return cli.run_table(
-        "object_comparison", "Object-level vs image-level pretraining at equal compute", build, argv
+        "object_comparison",
+        "Object-level vs image-level pretraining at equal compute",
+        build,
+        argv,
+        seed_counts=(3, 2),
     )
 
 
