@@ -365,8 +365,11 @@ def start_two_processes(
         procs.append(
             subprocess.Popen(
                 cli_args(experiment, data_dir, workdir, **overrides, **dist),
-                env=subprocess_env(2), cwd=REPO,
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                env=subprocess_env(2),
+                cwd=REPO,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
             )  # fmt: skip
         )
     return procs

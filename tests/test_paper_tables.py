@@ -138,6 +138,8 @@ def test_markdown_table_and_percent():
     head = report.header("T", argv, 90, "abc123")
     assert "`python -m experiments.paper_tables.odin_discovery --quick`" in head
     assert "1.5 min" in head and "- commit: `abc123`" in head
+    reused = report.header("T", argv, 0, "abc", reused=["BYOL", "Odin", "BYOL", "BYOL"])
+    assert "(not counting BYOL x3, Odin: trained by an earlier run of a table)" in reused
 
 
 def test_mean_and_standard_error_over_seeds():

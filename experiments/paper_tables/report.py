@@ -52,7 +52,10 @@ def header(
     command = "python -m " + " ".join([_module_name(argv[0])] + [shlex.quote(a) for a in argv[1:]])
     date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     if reused:
-        seconds_note = f" (not counting {', '.join(reused)}: trained by an earlier run of a table)"
+        # One entry per label, with how many of its runs (seeds) were reused.
+        counts = {label: reused.count(label) for label in dict.fromkeys(reused)}
+        names = [label if n == 1 else f"{label} x{n}" for label, n in counts.items()]
+        seconds_note = f" (not counting {', '.join(names)}: trained by an earlier run of a table)"
     else:
         seconds_note = ""
     return (
