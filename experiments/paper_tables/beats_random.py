@@ -90,9 +90,8 @@ def build(quick: bool, root: str, seeds: tuple[int, ...]) -> str:
         for run in RUNS:
             scores.setdefault(run.label, []).append(runs.train(run, b, root)[b.steps])
     columns = ["pretraining", *(name for _, name in METRICS)]
-    rows = [
-        [label, *(cell(per_seed(scores, key)[label]) for key, _ in METRICS)] for label in scores
-    ]
+    values = {key: per_seed(scores, key) for key, _ in METRICS}  # {key: {row: [per seed]}}
+    rows = [[label, *(cell(values[key][label]) for key, _ in METRICS)] for label in scores]
     lines = [
         f"Each method's own `local` config: `resnet18` at 48 px views, batch {first.batch_size}, "
         f"{first.steps} steps, LARS base LR {rate} (`local_recipe.md`); frozen-feature evaluations "

@@ -50,15 +50,16 @@ def build(quick: bool, root: str, seeds: tuple[int, ...]) -> str:
     # {label: [results of each seed]}
     by_seed = {run.label: [runs.train(run, budget(quick, s), root)[b.steps] for s in seeds]
                for run in RUNS}  # fmt: skip
+    values = {k: beats_random.per_seed(by_seed, k) for k, _ in METRICS}  # {key: {row: [...]}}
     mean = {
-        label: {k: beats_random.mean_and_se([r[k] for r in results])[0] for k, _ in METRICS}
-        for label, results in by_seed.items()
+        label: {k: beats_random.mean_and_se(values[k][label])[0] for k, _ in METRICS}
+        for label in by_seed
     }
     columns = ["method", "knows obj?", "paper 1x AP^bb", "1x AP^mk", "2x AP^bb", "2x AP^mk"]
     columns += [f"ours: {name}" for _, name in METRICS]
     rows = []
     for label, knows, *paper in PAPER_ROWS:
-        cells = [beats_random.cell([r[k] for r in by_seed[label]]) for k, _ in METRICS]
+        cells = [beats_random.cell(values[k][label]) for k, _ in METRICS]
         rows.append([label, knows, *paper, *cells])
     paper_order = [row[0] for row in PAPER_ROWS]  # ascending COCO AP in the paper
     lines = [
