@@ -11,7 +11,10 @@ the gradients of its input, unless it is the first layer, and of its parameters;
 gets a fixed random cotangent), once per distinct shape, and multiplied by how many times the
 network holds it:
 
-* `stem`: the 7x7 stride-2 conv (3 -> 64, no input gradient) and the 3x3 stride-2 max pool;
+* `stem`: the 7x7 stride-2 conv (3 -> 64, no input gradient) and the 3x3 stride-2 max pool,
+  two ways each: the `cpu_stem` lowering (`matmul`: `StemConvAsMatmul`, one matmul over 7x7x3
+  patches; `slices`: `max_pool_as_slices`) and flax's (`lax.conv`: `nn.Conv`; `flax`:
+  `nn.max_pool`, a `reduce_window`);
 * `conv3x3`: the seven 3x3 shapes (stride 1 and the strided first block of stages 2-4);
 * `conv1x1`: the fifteen 1x1 shapes, two ways: `einsum` (our default, `Conv1x1`) and
   `lax.conv` (flax's `nn.Conv`);
@@ -227,6 +230,11 @@ def ours(kind: str, shape: tuple, batch: int, variant: str):
                 if stride > 1:
                     x = x[:, ::stride, ::stride]
                 return jnp.einsum("bhwc,cd->bhwd", x, w[0, 0])
+        elif variant == "matmul":  # the `cpu_stem` lowering
+            from common.backbones.resnet import StemConvAsMatmul
+
+            def layer(x, w):
+                return StemConvAsMatmul(cout, k, stride).apply({"params": {"kernel": w}}, x)
         else:
 
             def layer(x, w):
@@ -242,7 +250,10 @@ def ours(kind: str, shape: tuple, batch: int, variant: str):
         s, c = shape
         x = normal(batch, s, s, c)
         g = normal(batch, -(-s // 2), -(-s // 2), c)
-        pool = lambda x: nn.max_pool(x, (3, 3), (2, 2), "SAME")  # noqa: E731
+        if variant == "slices":  # the `cpu_stem` lowering
+            from common.backbones.resnet import max_pool_as_slices as pool
+        else:
+            pool = lambda x: nn.max_pool(x, (3, 3), (2, 2), "SAME")  # noqa: E731
         return _jax_runner(lambda x: jnp.vdot(pool(x), g), (x,), (0,))
     if kind in ("batchnorm", "bn_relu"):
         s, c = shape
@@ -358,11 +369,12 @@ def peer(kind: str, shape: tuple, batch: int):
 
 
 def cases(size: int) -> list[tuple[str, tuple, int, list[str]]]:
-    """(kind, shape, count, our variants); the first variant is what the network runs."""
+    """(kind, shape, count, our variants); the first variant is what our CPU race runs (the
+    `cpu_stem` and `einsum_1x1` lowerings, see `benchmarks/race_shapes.py`)."""
     layers = resnet50_layers(size)
     stem_out = -(-size // 2)
-    out = [("stem", k, n, ["lax.conv"]) for k, n in layers["stem"]]
-    out.append(("maxpool", (stem_out, 64), 1, ["flax"]))
+    out = [("stem", k, n, ["matmul", "lax.conv"]) for k, n in layers["stem"]]
+    out.append(("maxpool", (stem_out, 64), 1, ["slices", "flax"]))
     out += [("conv3x3", k, n, ["lax.conv"]) for k, n in layers["conv3x3"]]
     out += [("conv1x1", k, n, ["einsum", "lax.conv"]) for k, n in layers["conv1x1"]]
     out += [("batchnorm", k, n, ["flax"]) for k, n in layers["batchnorm"]]

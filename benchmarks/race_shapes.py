@@ -23,7 +23,8 @@ def race_config(method: str, shape: str, **backbone_overrides) -> ml_collections
 
     Augmentation is off on our side because the peer (a lightly user) augments in its data
     loader, outside the step; `peer_race.py` reports our on-device augmentation separately.
-    `backbone_overrides` go to `config.model.backbone_kwargs` (e.g. `einsum_1x1=False`).
+    `backbone_overrides` go to `config.model.backbone_kwargs` (e.g. `einsum_1x1=False`,
+    `cpu_stem=False`).
     """
     from experiments import byol, detcon_b
 
@@ -32,13 +33,15 @@ def race_config(method: str, shape: str, **backbone_overrides) -> ml_collections
     config = {"byol": byol, "detcon_b": detcon_b}[method].get_config("local")
     with config.unlocked():
         if shape == "papers":
-            # The papers' ResNet-50 with our CPU settings (those of the `local` backbone that
-            # are not about its size: the 1x1-conv lowering).
+            # The papers' ResNet-50 with our CPU lowerings: those of the `local` backbone that
+            # are not about its size (the 1x1 convs as einsums), and the 7x7 stem's (the
+            # `local` backbone has a 3x3 stride-1 stem, for which the patches matmul is slower).
             cpu_kwargs = {
                 k: v
                 for k, v in config.model.backbone_kwargs.items()
                 if k not in ("small_stem", "base_width", "blocks_per_group")
             }
+            cpu_kwargs["cpu_stem"] = True
             config.model.backbone = "resnet50"
             config.model.backbone_kwargs = ml_collections.ConfigDict(cpu_kwargs)
             config.model.projector_hidden = 4096

@@ -5,6 +5,7 @@ is the reason the backbone exists in this form: DeepMind's Haiku checkpoints mus
 features in our Flax ResNet.
 """
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -208,14 +209,19 @@ _TINY_BOTTLENECK = dict(
             dict(depth=50, base_width=2, blocks_per_group=(1, 2, 1, 1), resnet_v2=True,
                  einsum_1x1=True),
         ),
+        (  # bottleneck v1, every CPU lowering: einsum 1x1 convs, stem matmul, sliced max-pool
+            dict(blocks_per_group=(1, 1, 1, 1), **_TINY_BOTTLENECK),
+            dict(depth=50, base_width=2, blocks_per_group=(1, 1, 1, 1), einsum_1x1=True,
+                 cpu_stem=True),
+        ),
     ],
-    ids=["basic_v1", "bottleneck_v1_einsum", "bottleneck_v2_einsum"],
+    ids=["basic_v1", "bottleneck_v1_einsum", "bottleneck_v2_einsum", "bottleneck_v1_cpu_stem"],
 )  # fmt: skip
 def test_haiku_parity_tiny_variants(hk_kwargs, ours):
     hk_fn = _haiku_features(dict(name="res_net", **hk_kwargs))
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 35, 35, 3))  # odd: asymmetric SAME padding
     params, state = _random_haiku_variables(hk_fn, x, seed=1)
-    if ours.get("einsum_1x1"):
+    if ours.get("einsum_1x1") or ours.get("cpu_stem"):
         # The einsum differs from conv at float32 rounding level, and training-mode BN over few
         # pixels (18 per channel at stage 3) amplifies it to ~1e-5 relative.
         _check_parity(ResNet(**ours), hk_fn, params, state, x, "res_net/~/", atol=1e-4, rel=True)
@@ -358,6 +364,72 @@ def test_einsum_1x1_matches_conv_forward_and_gradients():
     jax.tree.map(close, features_and_grads(exact), features_and_grads(fast))
 
 
+@pytest.mark.parametrize("resnet_v2", [False, True], ids=["v1", "v2"])
+def test_cpu_stem_matches_conv_and_reduce_window(resnet_v2):
+    """The CPU stem (7x7 stride-2 conv as a patches matmul, max-pool as a maximum of strided
+    slices) against `nn.Conv` + `nn.max_pool` with the same parameters, on a bottleneck net
+    with odd input sizes (TF 'SAME' pads the extra pixel bottom/right, and the pool's window
+    hangs over its -inf padding): the stem alone agrees to rounding and the pool bitwise; the
+    training-mode features and the parameter gradients of a loss over every stage agree to
+    float32 rounding (max error <= 1e-4 of the largest entry: of each feature map, of the whole
+    gradient; measured <= 1e-5)."""
+    from common.backbones.resnet import StemConvAsMatmul, max_pool_as_slices
+
+    for shape in [(3, 37, 29, 3), (2, 8, 8, 3), (1, 7, 9, 3)]:
+        x = jax.random.normal(jax.random.PRNGKey(shape[1]), shape)
+        conv = nn.Conv(5, (7, 7), strides=(2, 2), padding="SAME", use_bias=False)
+        conv_vars = _init(conv, x, seed=1)
+        fast_vars = _init(StemConvAsMatmul(5, 7, 2), x, seed=1)
+        np.testing.assert_array_equal(fast_vars["params"]["kernel"], conv_vars["params"]["kernel"])
+        np.testing.assert_allclose(
+            StemConvAsMatmul(5, 7, 2).apply(conv_vars, x), conv.apply(conv_vars, x),
+            rtol=0, atol=1e-5 * float(jnp.max(jnp.abs(conv.apply(conv_vars, x)))),
+        )  # fmt: skip
+        reference = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
+        np.testing.assert_array_equal(max_pool_as_slices(x), reference)
+        # Without ties the input gradients are the same too (each output picks one pixel).
+        weights = jnp.arange(reference.size, dtype=jnp.float32).reshape(reference.shape)
+
+        def pool_grad(pool, x, weights):
+            return jax.grad(lambda x: jnp.sum(jnp.sin(pool(x)) * weights))(x)
+
+        np.testing.assert_array_equal(
+            pool_grad(max_pool_as_slices, x, weights),
+            pool_grad(lambda x: nn.max_pool(x, (3, 3), (2, 2), padding="SAME"), x, weights),
+        )
+
+    # Last BN scales not zeroed, so that every parameter gets a gradient.
+    kwargs = dict(depth=50, base_width=2, blocks_per_group=(1, 1, 1, 1), resnet_v2=resnet_v2,
+                  zero_init_last_bn=False)  # fmt: skip
+    exact, fast = ResNet(**kwargs), ResNet(**kwargs, cpu_stem=True)
+    x = jax.random.normal(jax.random.PRNGKey(0), (4, 45, 39, 3))
+    variables = _init(exact, x, seed=2)
+    jax.tree.map(np.testing.assert_array_equal, _init(fast, x, seed=2), variables)
+
+    def features_and_grads(model):
+        def loss(params):
+            out, _ = model.apply(
+                {**variables, "params": params}, x, train=True, mutable=["batch_stats"]
+            )
+            return sum(jnp.mean(jnp.sin(f)) for f in out.values()), out
+
+        return jax.jit(jax.grad(loss, has_aux=True))(variables["params"])
+
+    (grads, features), (fast_grads, fast_features) = map(features_and_grads, (exact, fast))
+
+    def error(a, b):
+        return float(jnp.max(jnp.abs(a - b)))
+
+    for key in features:
+        assert error(features[key], fast_features[key]) <= 1e-4 * float(jnp.max(features[key]))
+    # Gradients against the largest gradient entry: some arrays' gradients are near-cancelling
+    # sums (a BN scale feeding a training-mode BN, ~3e-4 of the largest), where rounding is
+    # large relative to the array itself (measured 5e-4) and tiny against the whole (<= 1e-5).
+    scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(grads))
+    assert scale > 0
+    assert max(jax.tree.leaves(jax.tree.map(error, grads, fast_grads))) <= 1e-4 * scale
+
+
 def test_checkpoint_signature_ignores_the_1x1_lowering():
     """A workdir written with 1x1 convs as `nn.Conv` resumes under the einsum lowering (the
     `local` default since the speed work) and back: same parameter tree, same signature; a
@@ -376,4 +448,5 @@ def test_checkpoint_signature_ignores_the_1x1_lowering():
         return checkpoint.model_signature(config, types.SimpleNamespace(params=params))
 
     assert signature(einsum_1x1=True) == signature(einsum_1x1=False) == signature()
+    assert signature(cpu_stem=True) == signature(einsum_1x1=True, cpu_stem=False) == signature()
     assert signature(small_stem=True) != signature()

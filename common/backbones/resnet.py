@@ -84,6 +84,100 @@ class Conv1x1(nn.Module):
         return jnp.einsum("bhwc,cd->bhwd", x, kernel[0, 0])
 
 
+class StemConvAsMatmul(nn.Module):
+    """Bias-free `'SAME'` stem convolution written as one matmul over `k x k x Cin` patches.
+
+    The stem sees the image, whose gradient nobody needs, so its backward pass is only the
+    weight gradient: `patches^T @ dy`, one matmul. XLA:CPU's own weight gradient of the 7x7
+    stride-2 conv on 3 channels runs at a fraction of its matmul rate (forward+backward 456 vs
+    153 ms at batch 8, 224 px). The patches are `k * k` strided slices of the padded input,
+    concatenated on channels in `(row, col, channel)` order, which is the row-major flattening
+    of `nn.Conv`'s `[k, k, Cin, Cout]` kernel: same parameter (name, layout, initialiser), same
+    function, float32 summation order aside. Worth it only for few input channels (the patches
+    are `k * k` times the input); at the `local` 3x3 stride-1 stem it is slower (35 vs 19 ms).
+
+    Attributes:
+      features: output channels `Cout`.
+      kernel_size: `k`.
+      stride: spatial stride.
+      dtype: compute dtype.
+      param_dtype: parameter dtype.
+    """
+
+    features: int
+    kernel_size: int
+    stride: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """Applies the convolution.
+
+        Args:
+          x: `[B, H, W, Cin]`.
+
+        Returns:
+          `[B, ceil(H/stride), ceil(W/stride), Cout]` in `dtype`.
+        """
+        k, s = self.kernel_size, self.stride
+        kernel = self.param(
+            "kernel",
+            nn.initializers.lecun_normal(),
+            (k, k, x.shape[-1], self.features),
+            self.param_dtype,
+        )
+        x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
+        patches = _sliding_windows(x, k, s, pad_value=0.0)
+        return jnp.einsum(
+            "bhwp,pd->bhwd", jnp.concatenate(patches, axis=-1), kernel.reshape(-1, self.features)
+        )
+
+
+def _sliding_windows(x: jax.Array, k: int, stride: int, pad_value: float) -> list[jax.Array]:
+    """The `k * k` strided slices of `x` padded TensorFlow-`'SAME'`-style (extra pixel of
+    padding bottom/right), in row-major window order: slice `(i, j)` holds, at each output
+    position, the input pixel at window offset `(i, j)`.
+
+    Args:
+      x: `[B, H, W, C]`.
+
+    Returns:
+      `k * k` arrays `[B, ceil(H/stride), ceil(W/stride), C]`.
+    """
+    (top, bottom), (left, right) = jax.lax.padtype_to_pads(
+        x.shape[1:3], (k, k), (stride, stride), "SAME"
+    )
+    x = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)), constant_values=pad_value)
+    out_h = -(-(x.shape[1] - top - bottom) // stride)
+    out_w = -(-(x.shape[2] - left - right) // stride)
+    span_h, span_w = (out_h - 1) * stride + 1, (out_w - 1) * stride + 1
+    return [
+        x[:, i : i + span_h : stride, j : j + span_w : stride, :]
+        for i in range(k)
+        for j in range(k)
+    ]
+
+
+def max_pool_as_slices(x: jax.Array) -> jax.Array:
+    """Haiku's stem max-pool (3x3, stride 2, TF `'SAME'`, -inf padding) as the maximum of its
+    nine strided window slices.
+
+    The forward is bitwise `nn.max_pool`'s. The backward differs only at ties: `reduce_window`'s
+    gradient (`select_and_scatter`) goes to one maximal pixel, `jnp.maximum`'s is split between
+    them. In a v1 stem the pool follows a ReLU, so ties are zeros whose gradient the ReLU drops
+    anyway, and the parameter gradients agree to rounding (in v2 ties need two equal floats). On XLA:CPU it runs 6x faster forward +
+    backward (28 vs 175 ms at batch 8 on ResNet-50's 112 x 112 x 64 map).
+
+    Args:
+      x: `[B, H, W, C]`.
+
+    Returns:
+      `[B, ceil(H/2), ceil(W/2), C]`.
+    """
+    return functools.reduce(jnp.maximum, _sliding_windows(x, 3, 2, pad_value=-jnp.inf))
+
+
 def _conv(
     features: int,
     kernel: int,
@@ -271,6 +365,10 @@ class ResNet(nn.Module):
         float32-rounding-level differences that BatchNorm amplifies to ~1e-3 at stage 4
         (random-weight R50, batch 2 at 224 px; the same amount by which Haiku differs from
         itself between eager and jit execution).
+      cpu_stem: for the 7x7 stride-2 stem (ignored with `small_stem`), its conv as one patches
+        matmul (`StemConvAsMatmul`) and its max-pool as a maximum of strided slices
+        (`max_pool_as_slices`): same parameters and function, 3x and 6x faster forward+backward
+        on XLA:CPU. Off by default (accelerators run `nn.Conv` and `reduce_window` well).
     """
 
     depth: int = 50
@@ -283,6 +381,7 @@ class ResNet(nn.Module):
     dtype: Dtype = jnp.float32
     bn_axis_name: str | None = None
     einsum_1x1: bool = False
+    cpu_stem: bool = False
 
     @property
     def bottleneck(self) -> bool:
@@ -347,13 +446,19 @@ class ResNet(nn.Module):
         stem_width = self.base_width * self.width_multiplier
         if self.small_stem:
             x = _conv(stem_width, 3, 1, name="initial_conv", dtype=self.dtype, einsum_1x1=False)(x)
+        elif self.cpu_stem:
+            x = StemConvAsMatmul(stem_width, 7, 2, dtype=self.dtype, name="initial_conv")(x)
         else:
             x = _conv(stem_width, 7, 2, name="initial_conv", dtype=self.dtype, einsum_1x1=False)(x)
         if not self.resnet_v2:
             x = nn.relu(norm(name="initial_batchnorm")(x))
         if not self.small_stem:
-            # Same reduce_window as hk.max_pool: -inf padding, TF 'SAME' (extra pad bottom/right).
-            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
+            if self.cpu_stem:
+                x = max_pool_as_slices(x)
+            else:
+                # Same reduce_window as hk.max_pool: -inf padding, TF 'SAME' (extra pad
+                # bottom/right).
+                x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
 
         block_kwargs = dict(
             bottleneck=bottleneck,
