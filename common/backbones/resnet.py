@@ -89,12 +89,13 @@ class StemConvAsMatmul(nn.Module):
 
     The stem sees the image, whose gradient nobody needs, so its backward pass is only the
     weight gradient: `patches^T @ dy`, one matmul. XLA:CPU's own weight gradient of the 7x7
-    stride-2 conv on 3 channels runs at a fraction of its matmul rate (forward+backward 456 vs
-    153 ms at batch 8, 224 px). The patches are `k * k` strided slices of the padded input,
-    concatenated on channels in `(row, col, channel)` order, which is the row-major flattening
-    of `nn.Conv`'s `[k, k, Cin, Cout]` kernel: same parameter (name, layout, initialiser), same
-    function, float32 summation order aside. Worth it only for few input channels (the patches
-    are `k * k` times the input); at the `local` 3x3 stride-1 stem it is slower (35 vs 19 ms).
+    stride-2 conv on 3 channels runs at a fraction of its matmul rate: forward+backward 284 vs
+    108 ms at batch 8, 224 px (building the patches is ~65 ms of the 108). The patches are the
+    `k * k` strided slices of the padded input, concatenated on channels in `(row, col,
+    channel)` order, which is the row-major flattening of `nn.Conv`'s `[k, k, Cin, Cout]`
+    kernel: same parameter (name, layout, initialiser), same function, float32 summation order
+    aside. Worth it only for few input channels (the patches are `k * k` times the input); at
+    the `local` 3x3 stride-1 stem it is slower (35 vs 19 ms).
 
     Attributes:
       features: output channels `Cout`.
@@ -128,10 +129,12 @@ class StemConvAsMatmul(nn.Module):
             self.param_dtype,
         )
         x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
-        patches = _sliding_windows(x, k, s, pad_value=0.0)
-        return jnp.einsum(
-            "bhwp,pd->bhwd", jnp.concatenate(patches, axis=-1), kernel.reshape(-1, self.features)
-        )
+        patches = jnp.concatenate(_sliding_windows(x, k, s, pad_value=0.0), axis=-1)
+        b, h, w, p = patches.shape
+        # As a 2-D matmul: XLA:CPU runs the weight gradient `patches^T @ dy` 2x faster than
+        # as the equivalent 4-D einsum.
+        y = patches.reshape(b * h * w, p) @ kernel.reshape(p, self.features)
+        return y.reshape(b, h, w, self.features)
 
 
 def _sliding_windows(x: jax.Array, k: int, stride: int, pad_value: float) -> list[jax.Array]:
@@ -166,8 +169,9 @@ def max_pool_as_slices(x: jax.Array) -> jax.Array:
     The forward is bitwise `nn.max_pool`'s. The backward differs only at ties: `reduce_window`'s
     gradient (`select_and_scatter`) goes to one maximal pixel, `jnp.maximum`'s is split between
     them. In a v1 stem the pool follows a ReLU, so ties are zeros whose gradient the ReLU drops
-    anyway, and the parameter gradients agree to rounding (in v2 ties need two equal floats). On XLA:CPU it runs 6x faster forward +
-    backward (28 vs 175 ms at batch 8 on ResNet-50's 112 x 112 x 64 map).
+    anyway, and the parameter gradients agree to rounding (in v2 ties need two equal floats).
+    On XLA:CPU, forward + backward at batch 8 on ResNet-50's 112 x 112 x 64 map: 28 vs 175 ms
+    on ReLU outputs, 119 vs 169 ms on Gaussian inputs (`benchmarks/layer_profile.py`).
 
     Args:
       x: `[B, H, W, C]`.
