@@ -75,6 +75,8 @@ def ours_worker(
     import jax
     import jax.numpy as jnp
     import numpy as np
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
 
     from benchmarks.race_shapes import race_config
     from common import train
@@ -84,7 +86,12 @@ def ours_worker(
         with config.unlocked():
             config.augment.view1, config.augment.view2 = "byol_view1", "byol_view2"
     setup = train.build(config, num_examples=20_000)
-    state = jax.jit(functools.partial(train.init_state, setup))(train.init_rng(0))
+    # As the trainer does: state replicated, batch split over the `data` axis of all devices
+    # (one device unless `--host_devices` made more).
+    mesh = train.create_mesh()
+    replicated, split = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    init = jax.jit(functools.partial(train.init_state, setup), out_shardings=replicated)
+    state = init(train.init_rng(0))
     n = shape_numbers(method, shape)
     b, s = n["batch_size"], n["image_size"]
     rng = np.random.default_rng(0)
@@ -96,9 +103,11 @@ def ours_worker(
     if method == "detcon_b":
         batch["mask1"] = jnp.asarray(_id_maps(rng, b, s))
         batch["mask2"] = jnp.asarray(_id_maps(rng, b, s))
+    batch = jax.device_put(batch, split)
     step = jax.jit(
         functools.partial(train.train_step, setup),
         donate_argnums=0,
+        out_shardings=(replicated, replicated),
         compiler_options=compiler_options or None,
     )
     holder = {"state": state, "metrics": None}
@@ -288,6 +297,14 @@ class Worker:
         if augment:
             cmd.append("--augment")
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+        if side == "ours":
+            # XLA:CPU runs a fused elementwise loop (BatchNorm, ReLU, residual adds) on one
+            # thread; N host devices run N slices of the batch at once on the same cores.
+            flags = (
+                env.get("XLA_FLAGS", "")
+                + f" --xla_force_host_platform_device_count={args.host_devices}"
+            )
+            env["XLA_FLAGS"] = flags.strip()
         self.proc = subprocess.Popen(
             cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
         )
@@ -345,6 +362,10 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--augment", action="store_true")
     parser.add_argument(
+        "--host_devices", type=int, default=1,
+        help="our step data-parallel over this many XLA:CPU devices (on the same --threads cores)",
+    )  # fmt: skip
+    parser.add_argument(
         "--backbone_kwargs", default="{}", help='our backbone overrides, JSON: {"einsum_1x1": 0}'
     )
     parser.add_argument(
@@ -367,6 +388,7 @@ def main():
         threads=args.threads,
         steps_per_timing=args.steps,
         rounds=args.rounds,
+        host_devices=args.host_devices,
         backbone_kwargs=json.loads(args.backbone_kwargs),
         compiler_options=json.loads(args.compiler_options),
         load_avg_1min=round(os.getloadavg()[0], 2),
