@@ -97,7 +97,8 @@ def default_data_config() -> ml_collections.ConfigDict:
             "num_parallel_calls": -1,
             "prefetch": -1,
             "deterministic": True,
-            "eval_image_size": None,
+            # A typed placeholder: None, yet overridable (--config.data.eval_image_size=96).
+            "eval_image_size": ml_collections.config_dict.placeholder(int),
             "eval_crop": "center_crop",
             "eval_crop_padding": 32,
             "kind": "images",
