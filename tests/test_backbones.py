@@ -364,8 +364,7 @@ def test_einsum_1x1_matches_conv_forward_and_gradients():
     jax.tree.map(close, features_and_grads(exact), features_and_grads(fast))
 
 
-@pytest.mark.parametrize("resnet_v2", [False, True], ids=["v1", "v2"])
-def test_cpu_stem_matches_conv_and_reduce_window(resnet_v2):
+def test_cpu_stem_matches_conv_and_reduce_window():
     """The CPU stem (7x7 stride-2 conv as a patches matmul, max-pool as a maximum of strided
     slices) against `nn.Conv` + `nn.max_pool` with the same parameters, on a bottleneck net
     with odd input sizes (TF 'SAME' pads the extra pixel bottom/right, and the pool's window
@@ -399,8 +398,7 @@ def test_cpu_stem_matches_conv_and_reduce_window(resnet_v2):
         )
 
     # Last BN scales not zeroed, so that every parameter gets a gradient.
-    kwargs = dict(depth=50, base_width=2, blocks_per_group=(1, 1, 1, 1), resnet_v2=resnet_v2,
-                  zero_init_last_bn=False)  # fmt: skip
+    kwargs = dict(depth=50, base_width=2, blocks_per_group=(1, 1, 1, 1), zero_init_last_bn=False)
     exact, fast = ResNet(**kwargs), ResNet(**kwargs, cpu_stem=True)
     x = jax.random.normal(jax.random.PRNGKey(0), (4, 45, 39, 3))
     variables = _init(exact, x, seed=2)
