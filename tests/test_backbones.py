@@ -336,6 +336,18 @@ def test_batchnorm_global_statistics_on_mesh():
         assert rel(a, b) <= 1e-5
 
 
+def _features_and_grads(model, variables, x):
+    """(parameter gradients, training-mode features) of a loss over every stage's features."""
+
+    def loss(params):
+        out, _ = model.apply(
+            {**variables, "params": params}, x, train=True, mutable=["batch_stats"]
+        )
+        return sum(jnp.mean(jnp.sin(f)) for f in out.values()), out
+
+    return jax.jit(jax.grad(loss, has_aux=True))(variables["params"])
+
+
 def test_einsum_1x1_matches_conv_forward_and_gradients():
     """The fast path (1x1 convs as einsums, the `local` default) against the exact `nn.Conv`
     path with the same parameters, on the `local` configs' layout (basic blocks, stride-1 stem,
@@ -348,20 +360,15 @@ def test_einsum_1x1_matches_conv_forward_and_gradients():
     variables = _init(exact, x, seed=2)
     assert jax.tree.structure(_init(fast, x, seed=2)) == jax.tree.structure(variables)
 
-    def features_and_grads(model):
-        def loss(params):
-            out, _ = model.apply(
-                {**variables, "params": params}, x, train=True, mutable=["batch_stats"]
-            )
-            return sum(jnp.mean(jnp.sin(f)) for f in out.values()), out
-
-        return jax.jit(jax.grad(loss, has_aux=True))(variables["params"])
-
     def close(a, b):
         scale = float(jnp.max(jnp.abs(a)))
         assert scale > 0 and float(jnp.max(jnp.abs(a - b))) <= 1e-4 * scale
 
-    jax.tree.map(close, features_and_grads(exact), features_and_grads(fast))
+    jax.tree.map(
+        close,
+        _features_and_grads(exact, variables, x),
+        _features_and_grads(fast, variables, x),
+    )
 
 
 def test_cpu_stem_matches_conv_and_reduce_window():
@@ -404,16 +411,8 @@ def test_cpu_stem_matches_conv_and_reduce_window():
     variables = _init(exact, x, seed=2)
     jax.tree.map(np.testing.assert_array_equal, _init(fast, x, seed=2), variables)
 
-    def features_and_grads(model):
-        def loss(params):
-            out, _ = model.apply(
-                {**variables, "params": params}, x, train=True, mutable=["batch_stats"]
-            )
-            return sum(jnp.mean(jnp.sin(f)) for f in out.values()), out
-
-        return jax.jit(jax.grad(loss, has_aux=True))(variables["params"])
-
-    (grads, features), (fast_grads, fast_features) = map(features_and_grads, (exact, fast))
+    grads, features = _features_and_grads(exact, variables, x)
+    fast_grads, fast_features = _features_and_grads(fast, variables, x)
 
     def error(a, b):
         return float(jnp.max(jnp.abs(a - b)))
