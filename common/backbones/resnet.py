@@ -170,8 +170,9 @@ def max_pool_as_slices(x: jax.Array) -> jax.Array:
     gradient (`select_and_scatter`) goes to one maximal pixel, `jnp.maximum`'s is split between
     them. In a v1 stem the pool follows a ReLU, so ties are zeros whose gradient the ReLU drops
     anyway, and the parameter gradients agree to rounding (in v2 ties need two equal floats).
-    On XLA:CPU, forward + backward at batch 8 on ResNet-50's 112 x 112 x 64 map: 28 vs 175 ms
-    on ReLU outputs, 119 vs 169 ms on Gaussian inputs (`benchmarks/layer_profile.py`).
+    On XLA:CPU, forward + backward at batch 8 on ResNet-50's 112 x 112 x 64 map: 119 vs 169 ms
+    on Gaussian inputs (`benchmarks/layer_profile.py`), 28 vs 175 ms on ReLU outputs (half of
+    them zeros, i.e. ties, which `select_and_scatter` handles slowly).
 
     Args:
       x: `[B, H, W, C]`.
@@ -371,8 +372,9 @@ class ResNet(nn.Module):
         itself between eager and jit execution).
       cpu_stem: for the 7x7 stride-2 stem (ignored with `small_stem`), its conv as one patches
         matmul (`StemConvAsMatmul`) and its max-pool as a maximum of strided slices
-        (`max_pool_as_slices`): same parameters and function, 3x and 6x faster forward+backward
-        on XLA:CPU. Off by default (accelerators run `nn.Conv` and `reduce_window` well).
+        (`max_pool_as_slices`): same parameters and function; on XLA:CPU forward+backward about
+        3x faster for the conv and 1.4-6x for the pool, 1.04x on a whole ResNet-50. Off by
+        default (accelerators run `nn.Conv` and `reduce_window` well).
     """
 
     depth: int = 50
