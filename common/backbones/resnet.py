@@ -171,8 +171,8 @@ def max_pool_as_slices(x: jax.Array) -> jax.Array:
     them. In a v1 stem the pool follows a ReLU, so ties are zeros whose gradient the ReLU drops
     anyway, and the parameter gradients agree to rounding (in v2 ties need two equal floats).
     On XLA:CPU, forward + backward at batch 8 on ResNet-50's 112 x 112 x 64 map: 119 vs 169 ms
-    on Gaussian inputs (`benchmarks/layer_profile.py`), 28 vs 175 ms on ReLU outputs (half of
-    them zeros, i.e. ties, which `select_and_scatter` handles slowly).
+    on Gaussian inputs (`benchmarks/layer_profile.py`), 28 vs 175 ms in a one-off measurement
+    on ReLU outputs (half of them zeros).
 
     Args:
       x: `[B, H, W, C]`.
