@@ -12,11 +12,11 @@ gets a fixed random cotangent), once per distinct shape, and multiplied by how m
 network holds it:
 
 * `stem`: the 7x7 stride-2 conv (3 -> 64, no input gradient) and the 3x3 stride-2 max pool,
-  two ways each: the `cpu_stem` lowering (`matmul`: `StemConvAsMatmul`, one matmul over 7x7x3
+  two ways each: the `cpu_stem` lowering (`matmul`: `ConvAsMatmul`, one matmul over 7x7x3
   patches; `slices`: `max_pool_as_slices`) and flax's (`lax.conv`: `nn.Conv`; `flax`:
   `nn.max_pool`, a `reduce_window`);
 * `conv3x3`: the seven 3x3 shapes (stride 1 and the strided first block of stages 2-4);
-* `conv1x1`: the fifteen 1x1 shapes, two ways: `einsum` (our default, `Conv1x1`) and
+* `conv1x1`: the fifteen 1x1 shapes, two ways: `einsum` (our default, `ConvAsMatmul`) and
   `lax.conv` (flax's `nn.Conv`);
 * `batchnorm`: the 20 BatchNorms not followed by a ReLU (a block's last, the shortcut's):
   flax's `nn.BatchNorm` in training mode (batch statistics); torch's `BatchNorm2d`;
@@ -231,10 +231,10 @@ def ours(kind: str, shape: tuple, batch: int, variant: str):
                     x = x[:, ::stride, ::stride]
                 return jnp.einsum("bhwc,cd->bhwd", x, w[0, 0])
         elif variant == "matmul":  # the `cpu_stem` lowering
-            from common.backbones.resnet import StemConvAsMatmul
+            from common.backbones.resnet import ConvAsMatmul
 
             def layer(x, w):
-                return StemConvAsMatmul(cout, k, stride).apply({"params": {"kernel": w}}, x)
+                return ConvAsMatmul(cout, k, stride).apply({"params": {"kernel": w}}, x)
         else:
 
             def layer(x, w):

@@ -379,16 +379,16 @@ def test_cpu_stem_matches_conv_and_reduce_window():
     training-mode features and the parameter gradients of a loss over every stage agree to
     float32 rounding (max error <= 1e-4 of the largest entry: of each feature map, of the whole
     gradient; measured <= 1e-5)."""
-    from common.backbones.resnet import StemConvAsMatmul, max_pool_as_slices
+    from common.backbones.resnet import ConvAsMatmul, max_pool_as_slices
 
     for shape in [(3, 37, 29, 3), (2, 8, 8, 3), (1, 7, 9, 3)]:
         x = jax.random.normal(jax.random.PRNGKey(shape[1]), shape)
         conv = nn.Conv(5, (7, 7), strides=(2, 2), padding="SAME", use_bias=False)
         conv_vars = _init(conv, x, seed=1)
-        fast_vars = _init(StemConvAsMatmul(5, 7, 2), x, seed=1)
+        fast_vars = _init(ConvAsMatmul(5, 7, 2), x, seed=1)
         np.testing.assert_array_equal(fast_vars["params"]["kernel"], conv_vars["params"]["kernel"])
         np.testing.assert_allclose(
-            StemConvAsMatmul(5, 7, 2).apply(conv_vars, x), conv.apply(conv_vars, x),
+            ConvAsMatmul(5, 7, 2).apply(conv_vars, x), conv.apply(conv_vars, x),
             rtol=0, atol=1e-5 * float(jnp.max(jnp.abs(conv.apply(conv_vars, x)))),
         )  # fmt: skip
         reference = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")

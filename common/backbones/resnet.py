@@ -41,23 +41,38 @@ RESNET_CONFIGS: dict[int, tuple[tuple[int, int, int, int], bool]] = {
 }
 
 
-class Conv1x1(nn.Module):
-    """Bias-free 1x1 convolution written as an einsum over channels.
+class ConvAsMatmul(nn.Module):
+    """Bias-free `'SAME'` convolution written as one matmul over `k x k x Cin` patches.
 
-    On XLA:CPU a channel contraction is up to ~2x faster than the equivalent 1x1 `conv`. The
-    parameter has `nn.Conv`'s layout and initialiser (`kernel`: `[1, 1, Cin, Cout]`, LeCun
-    normal), so checkpoints and the Haiku converter do not care which implementation ran.
-    With `'SAME'` padding a 1x1 kernel never pads, and stride `s` keeps the pixels
-    `0, s, 2s, ...`: exactly a strided slice.
+    Two layers of the ResNet run this way on XLA:CPU, where a matmul is much faster than the
+    convolution's own backward:
+
+    * 1x1 convolutions (`kernel_size=1`): the "patches" are the input itself (a 1x1 kernel never
+      pads, and stride `s` keeps pixels `0, s, 2s, ...`: one strided slice). Forward+backward
+      runs 2.3-7x faster than `lax.conv` at ResNet-50 shapes (`benchmarks/layer_profile.py`).
+    * the 7x7 stride-2 stem on the image: the image needs no gradient, so the backward is only
+      the weight gradient `patches^T @ dy`, one matmul. 284 vs 108 ms forward+backward at batch
+      8, 224 px (building the patches is ~65 ms of the 108). Worth it only for few input
+      channels (the patches are `k * k` times the input); at the `local` 3x3 stride-1 stem it is
+      slower (35 vs 19 ms).
+
+    The patches are the `k * k` strided slices of the padded input, concatenated on channels in
+    `(row, col, channel)` order, the row-major flattening of `nn.Conv`'s `[k, k, Cin, Cout]`
+    kernel: same parameter (name, layout, LeCun-normal initialiser), so checkpoints and the
+    Haiku converter do not care which implementation ran; same function, float32 summation
+    order aside. The product is a 2-D matmul: XLA:CPU runs the stem's weight gradient 2x faster
+    than as the equivalent 4-D einsum, and the 1x1 layers equally fast or faster.
 
     Attributes:
       features: output channels `Cout`.
+      kernel_size: `k`.
       stride: spatial stride.
       dtype: compute dtype.
       param_dtype: parameter dtype.
     """
 
     features: int
+    kernel_size: int = 1
     stride: int = 1
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
@@ -72,56 +87,7 @@ class Conv1x1(nn.Module):
         Returns:
           `[B, ceil(H/stride), ceil(W/stride), Cout]` in `dtype`.
         """
-        kernel = self.param(
-            "kernel",
-            nn.initializers.lecun_normal(),
-            (1, 1, x.shape[-1], self.features),
-            self.param_dtype,
-        )
-        if self.stride > 1:
-            x = x[:, :: self.stride, :: self.stride, :]
-        x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
-        return jnp.einsum("bhwc,cd->bhwd", x, kernel[0, 0])
-
-
-class StemConvAsMatmul(nn.Module):
-    """Bias-free `'SAME'` stem convolution written as one matmul over `k x k x Cin` patches.
-
-    The stem sees the image, whose gradient nobody needs, so its backward pass is only the
-    weight gradient: `patches^T @ dy`, one matmul. XLA:CPU's own weight gradient of the 7x7
-    stride-2 conv on 3 channels runs at a fraction of its matmul rate: forward+backward 284 vs
-    108 ms at batch 8, 224 px (building the patches is ~65 ms of the 108). The patches are the
-    `k * k` strided slices of the padded input, concatenated on channels in `(row, col,
-    channel)` order, which is the row-major flattening of `nn.Conv`'s `[k, k, Cin, Cout]`
-    kernel: same parameter (name, layout, initialiser), same function, float32 summation order
-    aside. Worth it only for few input channels (the patches are `k * k` times the input); at
-    the `local` 3x3 stride-1 stem it is slower (35 vs 19 ms).
-
-    Attributes:
-      features: output channels `Cout`.
-      kernel_size: `k`.
-      stride: spatial stride.
-      dtype: compute dtype.
-      param_dtype: parameter dtype.
-    """
-
-    features: int
-    kernel_size: int
-    stride: int
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """Applies the convolution.
-
-        Args:
-          x: `[B, H, W, Cin]`.
-
-        Returns:
-          `[B, ceil(H/stride), ceil(W/stride), Cout]` in `dtype`.
-        """
-        k, s = self.kernel_size, self.stride
+        k = self.kernel_size
         kernel = self.param(
             "kernel",
             nn.initializers.lecun_normal(),
@@ -129,10 +95,8 @@ class StemConvAsMatmul(nn.Module):
             self.param_dtype,
         )
         x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
-        patches = jnp.concatenate(_sliding_windows(x, k, s, pad_value=0.0), axis=-1)
+        patches = jnp.concatenate(_sliding_windows(x, k, self.stride, pad_value=0.0), axis=-1)
         b, h, w, p = patches.shape
-        # As a 2-D matmul: XLA:CPU runs the weight gradient `patches^T @ dy` 2x faster than
-        # as the equivalent 4-D einsum.
         y = patches.reshape(b * h * w, p) @ kernel.reshape(p, self.features)
         return y.reshape(b, h, w, self.features)
 
@@ -194,7 +158,7 @@ def _conv(
 ) -> nn.Module:
     """A bias-free `'SAME'` conv (Haiku's `Conv2D(with_bias=False, padding='SAME')`)."""
     if kernel == 1 and einsum_1x1:
-        return Conv1x1(features, stride=stride, dtype=dtype, name=name)
+        return ConvAsMatmul(features, 1, stride, dtype=dtype, name=name)
     return nn.Conv(
         features,
         (kernel, kernel),
@@ -236,7 +200,7 @@ class BlockV1(nn.Module):
         `relu(shortcut)`.
       dtype: compute dtype.
       bn_axis_name: `axis_name` for BatchNorm under `shard_map`/`pmap` (not needed under `jit`).
-      einsum_1x1: implement 1x1 convs as einsums (`Conv1x1`).
+      einsum_1x1: implement 1x1 convs as matmuls (`ConvAsMatmul`).
     """
 
     channels: int
@@ -361,7 +325,7 @@ class ResNet(nn.Module):
       dtype: compute dtype (bfloat16 on accelerators); parameters and BN statistics stay float32.
       bn_axis_name: BatchNorm `axis_name` for `shard_map`/`pmap`. Under `jax.jit` on a mesh
         leave it `None`: batch statistics are then global over the sharded batch anyway.
-      einsum_1x1: implement 1x1 convs as einsums (`Conv1x1`, same parameters). On XLA:CPU a
+      einsum_1x1: implement 1x1 convs as matmuls (`ConvAsMatmul`, same parameters). On XLA:CPU a
         1x1 layer's forward+backward runs 2.3-7x faster as an einsum (ResNet-50 shapes, batch 8),
         so the `local` configs turn it on (`benchmarks/peer_race.py` races the whole step). Off
         by default because it is not bit-exact with Haiku: with `nn.Conv` a ResNet-50
@@ -371,7 +335,7 @@ class ResNet(nn.Module):
         (random-weight R50, batch 2 at 224 px; the same amount by which Haiku differs from
         itself between eager and jit execution).
       cpu_stem: for the 7x7 stride-2 stem (ignored with `small_stem`), its conv as one patches
-        matmul (`StemConvAsMatmul`) and its max-pool as a maximum of strided slices
+        matmul (`ConvAsMatmul`) and its max-pool as a maximum of strided slices
         (`max_pool_as_slices`): same parameters and function; on XLA:CPU forward+backward about
         3x faster for the conv and 1.4-6x for the pool, 1.04x on a whole ResNet-50. Off by
         default (accelerators run `nn.Conv` and `reduce_window` well).
@@ -453,7 +417,7 @@ class ResNet(nn.Module):
         if self.small_stem:
             x = _conv(stem_width, 3, 1, name="initial_conv", dtype=self.dtype, einsum_1x1=False)(x)
         elif self.cpu_stem:
-            x = StemConvAsMatmul(stem_width, 7, 2, dtype=self.dtype, name="initial_conv")(x)
+            x = ConvAsMatmul(stem_width, 7, 2, dtype=self.dtype, name="initial_conv")(x)
         else:
             x = _conv(stem_width, 7, 2, name="initial_conv", dtype=self.dtype, einsum_1x1=False)(x)
         if not self.resnet_v2:
