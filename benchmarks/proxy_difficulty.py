@@ -200,7 +200,8 @@ def record_cpu_ms(style: str, count: int = 300, *, seed: int = 0) -> tuple[float
 
     def record(index, kind):
         procedural.scene_record(
-            index, seed=seed, split_id=0, image_size=64, max_objects=6,
+            index, seed=seed, split_id=0, image_size=64,
+            max_objects=procedural.SCENE_MAX_OBJECTS[kind],
             fh_settings=settings, fh_dtype="uint8", style=kind,
         )  # fmt: skip
 

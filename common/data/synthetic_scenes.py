@@ -1,14 +1,18 @@
 """`synthetic_scenes`: procedurally generated multi-object scenes with masks (TFDS builder).
 
-Each image holds 1-6 objects from 12 classes with random size, position and rotation, painted in
+Each image holds objects from 12 classes with random size, position and rotation, painted in
 painter's order so objects occlude each other, in one of two styles (`common.data.procedural`):
 
 * `natural` (the `default`, `tiny` and `s224` configs since 3.0.0): a class is a shape family
   plus a texture *structure* (bricks, grass, stripes, rings, ...: `common.data.textures`),
   painted in three colours drawn for each instance independently of its class, so colour is a
-  nuisance as on natural images; object radius 8-30% of the image (legacy 9-22%); backgrounds
-  are recoloured patches of the photographs scikit-image ships in its wheel, with unannotated
-  clutter (stuff regions from other photographs, distractor blobs with non-class textures).
+  nuisance as on natural images; backgrounds are recoloured patches of the photographs
+  scikit-image ships in its wheel, with unannotated clutter (stuff regions from other
+  photographs, distractor blobs with non-class textures). Since 4.0.0 an image has 1-3 objects:
+  a main object (radius 30-45% of the image, centred in its middle 30%) and up to two smaller
+  ones (radius 7-16%, anywhere, painted over it), as ImageNet photos centre one object in
+  clutter; 3.0.0 drew 1-6 objects of radius 8-30% anywhere, and a supervised network could
+  hardly tell the classes apart at 48 px (`procedural.MAIN_RADIUS`).
 * `legacy` (the `legacy`, `legacy_tiny` and `legacy_s224` configs; the 1.0.0 scenes): a class is
   a shape family with its own colour and texture distribution (a fixed hue), on a
   low-saturation textured background. Colour alone identifies the classes and FH segments the
@@ -78,7 +82,9 @@ class SyntheticScenesConfig(tfds.core.BuilderConfig):
       num_validation: number of validation images.
       num_test: number of test images.
       seed: generation seed.
-      max_objects: most objects drawn per image (1..6 with the default 6).
+      max_objects: most objects drawn per image (1..max_objects); None: the style's
+        (`procedural.SCENE_MAX_OBJECTS`: 3 for `natural`, a main object and up to two smaller
+        ones; 6 for `legacy`).
       fh_settings: (scale, min_size) pairs, one FH channel each; None means DetCon's
         (1000, 1000) scaled to the image's pixel count.
       style: `natural` (colour a nuisance; the default since 3.0.0) or `legacy` (the 1.0.0
@@ -90,13 +96,15 @@ class SyntheticScenesConfig(tfds.core.BuilderConfig):
     num_validation: int = 1000
     num_test: int = 1000
     seed: int = 0
-    max_objects: int = 6
+    max_objects: int | None = None
     fh_settings: tuple[tuple[float, int], ...] | None = None
     style: str = "natural"
 
     def __post_init__(self):
         if self.style not in procedural.STYLES:
             raise ValueError(f"style must be one of {procedural.STYLES}, got {self.style!r}")
+        if self.max_objects is None:
+            self.max_objects = procedural.SCENE_MAX_OBJECTS[self.style]
         if not 16 <= self.image_size <= 224:
             raise ValueError(f"image_size must be in [16, 224], got {self.image_size}")
         if not 1 <= self.max_objects <= 255:
@@ -119,6 +127,7 @@ class SyntheticScenesConfig(tfds.core.BuilderConfig):
 # Split sizes shared by configs: the tests' `tiny` ones, and 1.0.0's sizes kept by `legacy`.
 _TINY_SIZES = {"num_train": 256, "num_validation": 64, "num_test": 64}
 _LEGACY_SIZES = {"num_train": 20000, "num_validation": 2000, "num_test": 2000}
+_LEGACY = {"style": "legacy"}  # the 1.0.0 generator, record for record
 
 
 # Run as a script, this file is also imported under its package name by `main` (TFDS reads the
@@ -130,7 +139,7 @@ class SyntheticScenes(
 ):
     """Multi-object scenes with instance, class and FH masks, generated locally."""
 
-    VERSION = tfds.core.Version("3.0.0")
+    VERSION = tfds.core.Version("4.0.0")
     RELEASE_NOTES = {
         "1.0.0": "First version.",
         "2.0.0": "New `natural` and `natural_tiny` configs, where colour is a nuisance: "
@@ -143,6 +152,12 @@ class SyntheticScenes(
         "1,000 / 1,000 images instead of 20,000 / 2,000 / 2,000); the 1.0.0 scenes stay as "
         "`legacy`, `legacy_tiny` and `legacy_s224`. `natural` and `natural_tiny` are gone (now "
         "`default` and `tiny`).",
+        "4.0.0": "`natural` scenes (`default`, `tiny`, `s224`) are object-centric: 1-3 objects, "
+        "a main one of radius 30-45% of the image centred in its middle 30%, and up to two "
+        "smaller ones (7-16%) anywhere, painted over it; class textures 0.5-0.9 tile px per "
+        "image px (coarser than 3.0.0's 0.7-1.4). On 3.0.0's 1-6 objects of 8-30% anywhere, "
+        "a supervised `local` network reached 13.6 / 13.0 linear / kNN top-1 in 200 steps "
+        "(random 11.7 / 9.4); here 31.2 / 28.7 (random 14.6 / 11.7). `legacy*` unchanged.",
     }
     BUILDER_CONFIGS = [
         SyntheticScenesConfig(name="default", description="64 px, 8k/1k/1k images."),
@@ -156,20 +171,20 @@ class SyntheticScenes(
             name="legacy",
             description="The 1.0.0 scenes (colour names the class); 64 px, 20k/2k/2k.",
             **_LEGACY_SIZES,
-            style="legacy",
+            **_LEGACY,
         ),
         SyntheticScenesConfig(
             name="legacy_tiny",
             description="The 1.0.0 scenes, 64 px, 256/64/64 images.",
             **_TINY_SIZES,
-            style="legacy",
+            **_LEGACY,
         ),
         SyntheticScenesConfig(
             name="legacy_s224",
             description="The 1.0.0 scenes, 224 px, 20k/2k/2k.",
             image_size=224,
             **_LEGACY_SIZES,
-            style="legacy",
+            **_LEGACY,
         ),
     ]
     DEFAULT_CONFIG_NAME = "default"

@@ -3,7 +3,8 @@
 The objects and backgrounds are those of `synthetic_scenes`, in its two styles: `natural` (the
 `default` and `tiny` configs since 3.0.0: a class is a shape family plus a texture structure in
 colours drawn independently of the class, on cluttered photograph backgrounds, so colour is a
-nuisance as in natural video) and `legacy` (the `legacy` and `legacy_tiny` configs: the 1.0.0
+nuisance as in natural video; since 4.0.0 a clip follows one large main object with up to two
+smaller ones, as the scenes do) and `legacy` (the `legacy` and `legacy_tiny` configs: the 1.0.0
 generator, unchanged, where a class is a shape family with its own colour and texture
 distribution, so colour alone identifies it). In a clip each object translates, scales and
 rotates at its own constant rate, the camera pans linearly over a background larger than the
@@ -74,7 +75,8 @@ class SyntheticVideosConfig(tfds.core.BuilderConfig):
       num_validation: number of validation clips.
       num_test: number of test clips.
       seed: generation seed.
-      max_objects: most objects per clip.
+      max_objects: most objects per clip; None: the style's (`procedural.CLIP_MAX_OBJECTS`: 3
+        for `natural`, a main object and up to two smaller ones; 5 for `legacy`).
       encoding: frame encoding, `png` (lossless, default) or `jpeg` (quality 95).
       style: `natural` (colour a nuisance; the default since 3.0.0) or `legacy` (the 1.0.0
         generator).
@@ -88,7 +90,7 @@ class SyntheticVideosConfig(tfds.core.BuilderConfig):
     num_validation: int = 200
     num_test: int = 200
     seed: int = 0
-    max_objects: int = 5
+    max_objects: int | None = None
     encoding: str = "png"
     style: str = "natural"
     fps: float = FPS
@@ -96,6 +98,8 @@ class SyntheticVideosConfig(tfds.core.BuilderConfig):
     def __post_init__(self):
         if self.style not in procedural.STYLES:
             raise ValueError(f"style must be one of {procedural.STYLES}, got {self.style!r}")
+        if self.max_objects is None:
+            self.max_objects = procedural.CLIP_MAX_OBJECTS[self.style]
         if not 16 <= self.image_size <= 224:
             raise ValueError(f"image_size must be in [16, 224], got {self.image_size}")
         if self.num_frames < 1:
@@ -121,7 +125,7 @@ class SyntheticVideos(
 ):
     """Clips of moving, occluding objects under a panning camera, with per-frame instance ids."""
 
-    VERSION = tfds.core.Version("3.0.0")
+    VERSION = tfds.core.Version("4.0.0")
     RELEASE_NOTES = {
         "1.0.0": "First version.",
         "2.0.0": "New `natural` and `natural_tiny` configs: colour a nuisance (instance colours "
@@ -136,6 +140,10 @@ class SyntheticVideos(
         "rate in a float32 `fps` feature (4 fps, see the module docstring), so offsets in "
         "seconds (`data.offset_unit=auto`) and `vito.curate --min_seconds` apply; at 4 fps "
         "VITO's default 0.04..2 s are the frame offsets 1..8 used before.",
+        "4.0.0": "`natural` clips (`default`, `tiny`) have the object-centric layout of "
+        "`synthetic_scenes` 4.0.0: 1-3 objects, a main one of radius 30-45% of the frame "
+        "starting in its middle 30%, up to two smaller ones (7-16%), coarser class textures "
+        "(0.5-0.9 tile px per image px); 3.0.0 drew 1-5 objects of 8-30%. `legacy*` unchanged.",
     }
     BUILDER_CONFIGS = [
         SyntheticVideosConfig(
