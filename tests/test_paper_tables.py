@@ -111,8 +111,10 @@ def test_the_recipe_sweep_varies_only_the_optimiser_and_scores_on_validation():
         d.pop("optimizer")
     assert all(d == plain[0] for d in plain)
     assert {(c.optimizer.name, c.optimizer.base_lr) for c in configs} == {
-        ("lars", 0.4), ("lars", 3.2), ("lars", 6.4), ("adamw", 4e-3)
+        ("lars", 0.4), ("lars", 3.2), ("lars", 6.4), ("adamw", 4e-3), ("adamw", 1.2e-2)
     }  # fmt: skip
+    # The result file says whether the `local` configs use the choice: the grid knows theirs.
+    assert local_recipe.configured_optimiser() in dict(local_recipe.OPTIMISERS)
     # The recipe is chosen on validation; the tables report test figures.
     assert {c.evals[e].split for c in configs for e in c.evals} == {"validation"}
     table = runs.configure(object_comparison.RUNS[1], object_comparison.budget(False, 0))
