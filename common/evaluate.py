@@ -26,6 +26,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from common import checkpoint, console, train
+from common.data import loading
 
 
 class NoCheckpointError(FileNotFoundError):
@@ -103,6 +104,9 @@ def evaluate(
     names = list(evals) if evals else None
     for name in names or []:
         get_evaluator(name)  # an unknown name fails before any work
+    # As the trainer does: build an embedded dataset that is missing (a fresh data dir, or a new
+    # builder version), or fail naming it, rather than a KeyError from TFDS's empty splits.
+    loading.ensure_dataset(config.data)
     setup, state, mesh = restore_state(config, workdir, step, initial=initial)
     step = int(state.step)
     timings: dict[str, float] = {}

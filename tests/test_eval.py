@@ -443,3 +443,17 @@ def test_evaluating_a_network_the_model_lacks_names_the_ones_it_has():
         ValueError, match=r"'discovery' is not in this model; it has \['online', 'target'\]"
     ):
         network_variables(state, "discovery")
+
+
+def test_evaluate_on_a_data_dir_without_the_dataset_names_it(tmp_path):
+    # The table runner's random-network evaluation once met a data dir holding only an older
+    # version of the embedded dataset, and TFDS answered with a KeyError about empty splits.
+    # `evaluate` now goes through `loading.ensure_dataset` as the trainer does: it builds an
+    # embedded dataset, or (building not allowed here, to stay cheap) names what is missing.
+    from common import evaluate
+    from common.data import loading
+
+    empty = str(tmp_path / "empty")
+    config = helpers.tiny_config("byol", empty, **{"data.build_if_missing": False})
+    with pytest.raises(loading.DatasetNotFoundError, match="synthetic_scenes/tiny is not prepared"):
+        evaluate.evaluate(config, str(tmp_path / "work"), initial=True)
