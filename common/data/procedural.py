@@ -221,8 +221,8 @@ def sample_object(
 # `natural` layout (4.0.0): a scene is about one main object, as an ImageNet photo is, with
 # smaller objects around and in front of it (COCO's clutter). Measured on the 3.0.0 layout (every
 # object 8-30% of the image, anywhere, 1-6 of them) a supervised `local` network reached only
-# 13.6 / 13.0 linear / kNN top-1 in 200 steps (random network 11.7 / 9.4): the majority class was
-# often a few pixels of the 48 px view. With this layout: 31.2 / 28.7 (random 14.6 / 11.7).
+# 13.6 / 13.0 linear / kNN top-1 in 200 steps (random network 11.7 / 9.4); with this layout
+# 31.2 / 28.7 (random 14.6 / 11.7).
 MAIN_RADIUS = (0.3, 0.45)  # fraction of the image side
 MAIN_CENTRE = (0.35, 0.65)  # the main object's centre, so that a centre crop holds most of it
 OTHER_RADIUS = (0.07, 0.16)
@@ -234,6 +234,13 @@ TEXTURE_ZOOM = (0.5, 0.9)
 # and up to two smaller ones; `legacy` as in 1.0.0.
 SCENE_MAX_OBJECTS = {"natural": 3, "legacy": 6}
 CLIP_MAX_OBJECTS = {"natural": 3, "legacy": 5}
+
+
+def _max_objects(style: str, max_objects: int | None, defaults: dict[str, int]) -> int:
+    """`max_objects`, or the style's default when None (a clear error for an unknown style)."""
+    if style not in STYLES:
+        raise ValueError(f"unknown style {style!r}; expected one of {STYLES}")
+    return defaults[style] if max_objects is None else max_objects
 
 
 def _sample_natural_object(
@@ -479,10 +486,7 @@ def render_scene(
     Returns:
       A `Scene` with at least one object.
     """
-    if style not in STYLES:
-        raise ValueError(f"unknown style {style!r}; expected one of {STYLES}")
-    if max_objects is None:
-        max_objects = SCENE_MAX_OBJECTS[style]
+    max_objects = _max_objects(style, max_objects, SCENE_MAX_OBJECTS)
     size = image_size
     min_px = _min_visible_pixels(size, size)
     while True:  # redraw in the (rare) case that no object is visible enough
@@ -585,10 +589,7 @@ def render_clip(
     Returns:
       A `Clip` with at least one object visible in at least one frame.
     """
-    if style not in STYLES:
-        raise ValueError(f"unknown style {style!r}; expected one of {STYLES}")
-    if max_objects is None:
-        max_objects = CLIP_MAX_OBJECTS[style]
+    max_objects = _max_objects(style, max_objects, CLIP_MAX_OBJECTS)
     size, frames = image_size, num_frames
     unit = size / 64.0  # motion is specified for 64 px frames and scales with the frame size
     pan_speed = 0.75 * unit
