@@ -286,8 +286,9 @@ TINY_EVALS = {
 # hundred steps): Adam, mild crops, no colour augmentation. On the `legacy` scenes, where colour
 # names the class: what is tested is that every evaluator sees what labels taught a network,
 # which needs a network that surely learned something in 200 steps of 256 images. On the tiny
-# `natural` scenes of 3.0.0 (not remeasured on 4.0.0; a class is a shape plus a texture structure, in any colours) this budget
-# does not: trained vs random ABO^i 0.181 vs 0.160, mIoU 0.055 vs 0.064, kNN 0.109 vs 0.125.
+# `natural` scenes of 3.0.0 (not remeasured on 4.0.0; a class is a shape plus a texture
+# structure, in any colours) this budget does not: trained vs random ABO^i 0.181 vs 0.160,
+# mIoU 0.055 vs 0.064, kNN 0.109 vs 0.125.
 SUPERVISED_OVERRIDES = {
     "data.name": "synthetic_scenes/legacy_tiny",
     "total_steps": SUPERVISED_STEPS, "checkpoint.every_steps": SUPERVISED_STEPS,

@@ -127,7 +127,6 @@ class SyntheticScenesConfig(tfds.core.BuilderConfig):
 # Split sizes shared by configs: the tests' `tiny` ones, and 1.0.0's sizes kept by `legacy`.
 _TINY_SIZES = {"num_train": 256, "num_validation": 64, "num_test": 64}
 _LEGACY_SIZES = {"num_train": 20000, "num_validation": 2000, "num_test": 2000}
-_LEGACY = {"style": "legacy"}  # the 1.0.0 generator, record for record
 
 
 # Run as a script, this file is also imported under its package name by `main` (TFDS reads the
@@ -171,20 +170,20 @@ class SyntheticScenes(
             name="legacy",
             description="The 1.0.0 scenes (colour names the class); 64 px, 20k/2k/2k.",
             **_LEGACY_SIZES,
-            **_LEGACY,
+            style="legacy",
         ),
         SyntheticScenesConfig(
             name="legacy_tiny",
             description="The 1.0.0 scenes, 64 px, 256/64/64 images.",
             **_TINY_SIZES,
-            **_LEGACY,
+            style="legacy",
         ),
         SyntheticScenesConfig(
             name="legacy_s224",
             description="The 1.0.0 scenes, 224 px, 20k/2k/2k.",
             image_size=224,
             **_LEGACY_SIZES,
-            **_LEGACY,
+            style="legacy",
         ),
     ]
     DEFAULT_CONFIG_NAME = "default"
