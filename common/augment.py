@@ -62,14 +62,33 @@ PRESETS: dict[str, AugmentPreset] = {
 
 
 def get_preset(preset: str | AugmentPreset) -> AugmentPreset:
+    """A preset by name, optionally with fields replaced: `'byol_view1:grayscale_prob=0.6'`.
+
+    The `name:field=value,field=value` form lets a config (or `--config.augment.view1=...`)
+    change one strength of a paper's preset without a new named preset; values are floats.
+    """
     if isinstance(preset, AugmentPreset):
         return preset
-    try:
-        return PRESETS[preset]
-    except KeyError:
-        raise ValueError(
-            f"unknown augmentation preset {preset!r}; known: {sorted(PRESETS)}"
-        ) from None
+    name, _, overrides = preset.partition(":")
+    if name not in PRESETS:
+        raise ValueError(f"unknown augmentation preset {name!r}; known: {sorted(PRESETS)}")
+    fields = {f.name: f.type for f in dataclasses.fields(AugmentPreset)}
+    changes = {}
+    for item in filter(None, (i.strip() for i in overrides.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq or fields.get(key) != "float":
+            scalar = sorted(k for k, t in fields.items() if t == "float")
+            raise ValueError(
+                f"augmentation preset {preset!r}: {item!r} is not `field=value` with a field of "
+                f"{scalar}"
+            )
+        try:
+            changes[key] = float(value)
+        except ValueError:
+            raise ValueError(
+                f"augmentation preset {preset!r}: {key} wants a number, got {value!r}"
+            ) from None
+    return dataclasses.replace(PRESETS[name], **changes)
 
 
 def normalize(images: jax.Array) -> jax.Array:

@@ -200,12 +200,14 @@ def base_config(method: str, variant: str) -> ml_collections.ConfigDict:
                 "seg_probe": evaluator_config(
                     "seg_probe", train_examples=500, examples=500, epochs=5
                 ),
-                # Batch 128 as the monitor's: the three share one pass over the validation split
+                # Batch 128 as the monitor's: the four share one pass over the validation split
                 # (its 1,000 images).
                 "linear_probe": evaluator_config(
                     "linear_probe", train_examples=1000, batch_size=128
                 ),
                 "knn": evaluator_config("knn", train_examples=1000, batch_size=128),
+                # Label-free: dimensional collapse shows here first (docs/results.md).
+                "rank": evaluator_config("rank", batch_size=128),
             }
         )
     else:

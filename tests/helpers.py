@@ -33,6 +33,7 @@ TINY_OVERRIDES = {
     "evals.seg_probe.enabled": False,
     "evals.linear_probe.enabled": False,
     "evals.knn.enabled": False,
+    "evals.rank.enabled": False,
     # The random network's figures beside the final ones: tested once (test_eval.py), not in
     # every tiny run.
     "random_init_baseline": False,

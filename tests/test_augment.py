@@ -3,7 +3,9 @@ per-image independence, jit."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -185,3 +187,25 @@ def test_normalize_and_errors():
     np.testing.assert_allclose(out, 0.0, atol=1e-7)
     with pytest.raises(ValueError, match="unknown augmentation preset"):
         augment.augment_batch(jax.random.PRNGKey(0), images(), "byol")
+
+
+def test_preset_with_replaced_fields():
+    """`name:field=value,...` is the named preset with those fields replaced, nothing else."""
+    got = augment.get_preset("byol_view2:grayscale_prob=1, solarize_prob=0")
+    base = augment.PRESETS["byol_view2"]
+    assert got.grayscale_prob == 1.0 and got.solarize_prob == 0.0
+    assert dataclasses.replace(got, grayscale_prob=0.2, solarize_prob=0.2) == base
+    assert augment.get_preset("simclr:") == augment.PRESETS["simclr"]
+    # Under jit the string is the static preset: every image grayscale with probability 1.
+    out = jitted()(jax.random.PRNGKey(0), images(4), preset="byol_view1:grayscale_prob=1")
+    np.testing.assert_allclose(out[..., 0], out[..., 1], atol=1e-6)
+    np.testing.assert_allclose(out[..., 1], out[..., 2], atol=1e-6)
+    for bad, message in (
+        ("byol_view1:gray=1", "'gray=1' is not `field=value`"),
+        ("byol_view1:grayscale_prob", "is not `field=value`"),
+        ("byol_view1:blur_sigma=1", "is not `field=value` with a field of"),
+        ("byol_view1:grayscale_prob=high", "grayscale_prob wants a number, got 'high'"),
+        ("byol:grayscale_prob=1", "unknown augmentation preset 'byol'"),
+    ):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            augment.get_preset(bad)

@@ -12,6 +12,7 @@ Evaluators (`_KNOWN_MODULES`, imported on first use):
   seg_probe     linear (1x1 conv) segmentation probe on frozen dense features, mIoU
   linear_probe  linear classifier on frozen pooled features (BYOL protocol, cheap variant)
   knn           weighted k-nearest-neighbour classifier on frozen pooled features (DINO)
+  rank          effective rank of the frozen pooled features (RankMe), no labels
   label_propagation  first-frame masks propagated through videos (DAVIS J & F)
 
 Multi-host: evaluation batches become global arrays on the mesh (`features.to_global`) and every
@@ -35,6 +36,7 @@ _KNOWN_MODULES = {
     "seg_probe": "common.eval.seg_probe",
     "linear_probe": "common.eval.linear_probe",
     "knn": "common.eval.knn",
+    "rank": "common.eval.rank",
     "label_propagation": "common.eval.label_propagation",
 }
 

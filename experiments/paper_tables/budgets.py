@@ -9,6 +9,7 @@ Stand-ins for the papers' transfer tasks, all with frozen features on the embedd
   so that the stride-8 feature grid is 16 x 16 (at 64 px the best possible grid segmentation
   scores 0.469, see docs/results.md);
 * `linear_probe/top1`, `knn/top1`: image classification of the majority class;
+* `rank/rankme`: the effective rank of the pooled features (no labels; collapse lowers it);
 * `label_propagation/JF_mean`: DAVIS-style propagation of the first frame's instance masks
   through the embedded test videos (VITO's video evaluation).
 """
@@ -43,6 +44,7 @@ def image_evals(
         },
         "linear_probe": {"train_examples": 2 * examples, "examples": examples, "split": split},
         "knn": {"train_examples": 2 * examples, "examples": examples, "split": split},
+        "rank": {"examples": examples, "split": split},
     }
 
 

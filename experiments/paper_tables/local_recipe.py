@@ -34,6 +34,10 @@ METRICS = (
     ("seg_probe/miou", "seg. probe mIoU"),
     ("discovery/abo_i", "ABO^i"),
 )
+# Shown beside them, not part of the gain: the effective rank of the pooled features (RankMe of
+# the standardised features, `common.eval.rank`), which falls when a run collapses them onto a
+# few directions, the failure measured on the 4.0.0 scenes (docs/results.md).
+DIAGNOSTICS = (("rank/rankme_standardized", "RankMe (std.)"),)
 # Stage 1: (label, optimiser overrides), in the order they run (the likeliest first). AdamW's
 # rates are peaks at batch 64 (base rate per 256 = peak * 4); weight decay 1e-4 as the
 # supervised `local` reference.
@@ -92,17 +96,23 @@ def build(quick: bool, root: str, seed: int) -> str:
         train(method, experiment, ranked[0], CROP)
 
     columns = ["method", "optimiser", "crop", *(name for _, name in METRICS), "mean gain"]
+    columns += [name for _, name in DIAGNOSTICS]
+
+    def diagnostics(result):
+        return [f"{result[k]:.1f}" if k in result else "-" for k, _ in DIAGNOSTICS]
+
     table = []
     for method, init in randoms.items():
         cells = [report.pct(init[k]) for k, _ in METRICS]
-        table.append([f"{method} random init", "-", "-", *cells, "0.0"])
+        table.append([f"{method} random init", "-", "-", *cells, "0.0", *diagnostics(init)])
     for method, _, optimiser, crop, result in rows:
         cells = [report.pct(result[k]) for k, _ in METRICS]
         g = report.pct(gain(result, randoms[method]))
-        table.append([method, optimiser, str(crop), *cells, g])
+        table.append([method, optimiser, str(crop), *cells, g, *diagnostics(result)])
     lines = [
         f"{b.steps} steps, batch {b.batch_size}, 48 px views, the `local` backbone; validation "
-        "split, in percent; mean gain = mean over the four figures of (run - random init).\n",
+        "split, in percent; mean gain = mean over the four figures of (run - random init); "
+        "RankMe (std.): effective rank of the standardised pooled features (not in the gain).\n",
         report.table(columns, table),
         f"Stage 1 ranking (BYOL, crop {CROP}): "
         + " > ".join(f"{o} ({report.pct(gain(stage1[o], random))})" for o in ranked)
