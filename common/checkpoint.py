@@ -87,9 +87,9 @@ def fingerprint(state: Any) -> list[list[int]]:
 
 
 # Backbone options that change how a layer is computed, not which parameters it has (the 1x1
-# convolutions as einsums, the stem as a patches matmul): a checkpoint written with either setting
-# restores under the other.
-LOWERING_ONLY_KWARGS = ("einsum_1x1", "cpu_stem")
+# convolutions as einsums, the stem as a patches matmul, BatchNorm's variance in two passes): a
+# checkpoint written with either setting restores under the other.
+LOWERING_ONLY_KWARGS = ("einsum_1x1", "cpu_stem", "bn_two_pass_variance")
 
 
 def model_signature(config, state: Any) -> dict[str, Any]:

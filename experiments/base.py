@@ -171,6 +171,10 @@ def base_config(method: str, variant: str) -> ml_collections.ConfigDict:
                     # 1x1 convs as matmuls: 2-7x faster forward+backward per layer on XLA:CPU,
                     # ~1.3x on this whole step; float32 rounding differs from nn.Conv only.
                     "einsum_1x1": True,
+                    # Haiku's one-pass batch variance (the papers' code). True: two passes,
+                    # which two processes reproduce to rounding where one pass does not
+                    # (common/backbones/resnet.py, `bn_two_pass_variance`).
+                    "bn_two_pass_variance": False,
                 },
                 "projector_hidden": 512,
                 "projector_dim": 128,

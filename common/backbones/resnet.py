@@ -171,10 +171,20 @@ def _conv(
 
 
 def _batch_norm(
-    train: bool, *, name: str, dtype: Dtype, axis_name: str | None, zero_scale: bool = False
+    train: bool,
+    *,
+    name: str,
+    dtype: Dtype,
+    axis_name: str | None,
+    zero_scale: bool = False,
+    two_pass_variance: bool = False,
 ) -> nn.BatchNorm:
-    """Haiku-equivalent BatchNorm (decay 0.9, eps 1e-5); statistics in `batch_stats`."""
+    """Haiku-equivalent BatchNorm (decay 0.9, eps 1e-5); statistics in `batch_stats`.
+
+    `two_pass_variance`: the batch variance as E[(x - E[x])^2] instead of Haiku's one-pass
+    E[x^2] - E[x]^2 (see `ResNet.bn_two_pass_variance`)."""
     return nn.BatchNorm(
+        use_fast_variance=not two_pass_variance,
         use_running_average=not train,
         momentum=BN_MOMENTUM,
         epsilon=BN_EPSILON,
@@ -201,6 +211,7 @@ class BlockV1(nn.Module):
       dtype: compute dtype.
       bn_axis_name: `axis_name` for BatchNorm under `shard_map`/`pmap` (not needed under `jit`).
       einsum_1x1: implement 1x1 convs as matmuls (`ConvAsMatmul`).
+      bn_two_pass_variance: BatchNorm's batch variance in two passes (`ResNet`).
     """
 
     channels: int
@@ -211,12 +222,16 @@ class BlockV1(nn.Module):
     dtype: Dtype = jnp.float32
     bn_axis_name: str | None = None
     einsum_1x1: bool = False
+    bn_two_pass_variance: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         """Args: x `[B, H, W, Cin]`. Returns `[B, H/stride, W/stride, C]`."""
         conv = functools.partial(_conv, dtype=self.dtype, einsum_1x1=self.einsum_1x1)
-        norm = functools.partial(_batch_norm, train, dtype=self.dtype, axis_name=self.bn_axis_name)
+        norm = functools.partial(
+            _batch_norm, train, dtype=self.dtype, axis_name=self.bn_axis_name,
+            two_pass_variance=self.bn_two_pass_variance,
+        )  # fmt: skip
         shortcut = x
         if self.use_projection:
             shortcut = conv(self.channels, 1, self.stride, name="shortcut_conv")(x)
@@ -253,12 +268,16 @@ class BlockV2(nn.Module):
     dtype: Dtype = jnp.float32
     bn_axis_name: str | None = None
     einsum_1x1: bool = False
+    bn_two_pass_variance: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         """Args: x `[B, H, W, Cin]`. Returns `[B, H/stride, W/stride, C]` (pre-activation)."""
         conv = functools.partial(_conv, dtype=self.dtype, einsum_1x1=self.einsum_1x1)
-        norm = functools.partial(_batch_norm, train, dtype=self.dtype, axis_name=self.bn_axis_name)
+        norm = functools.partial(
+            _batch_norm, train, dtype=self.dtype, axis_name=self.bn_axis_name,
+            two_pass_variance=self.bn_two_pass_variance,
+        )  # fmt: skip
         if self.bottleneck:
             c = self.channels // 4
             specs = ((c, 1, 1), (c, 3, self.stride), (self.channels, 1, 1))
@@ -339,6 +358,15 @@ class ResNet(nn.Module):
         (`max_pool_as_slices`): same parameters and function; on XLA:CPU forward+backward about
         3x faster for the conv and 1.4-6x for the pool, 1.04x on a whole ResNet-50. Off by
         default (accelerators run `nn.Conv` and `reduce_window` well).
+      bn_two_pass_variance: BatchNorm's batch variance as E[(x - E[x])^2] (two reductions)
+        instead of Haiku's E[x^2] - E[x]^2 (one). The one-pass form cancels catastrophically in
+        channels whose mean is large against their spread, which amplifies the float32 rounding
+        of the batch sums: one vs two processes (gloo, same global batch) differ by 2e-5 in the
+        parameters after 2 steps on the `natural` scenes, 7e-8 with two passes
+        (tests/test_multiprocess.py). Off by default: Haiku, hence DeepMind's BYOL / DetCon,
+        use the one-pass form, and a ResNet-50 in training mode then reproduces Haiku to 1e-4
+        (two passes: 4e-4 at stage 3, random weights at 224 px, where the two-pass figure is
+        the more accurate one).
     """
 
     depth: int = 50
@@ -352,6 +380,7 @@ class ResNet(nn.Module):
     bn_axis_name: str | None = None
     einsum_1x1: bool = False
     cpu_stem: bool = False
+    bn_two_pass_variance: bool = False
 
     @property
     def bottleneck(self) -> bool:
@@ -411,7 +440,10 @@ class ResNet(nn.Module):
         # Haiku: every group of a bottleneck net projects; basic nets skip group 0 because the
         # stem already has the group-0 width.
         use_projection = (True,) * 4 if bottleneck else (False, True, True, True)
-        norm = functools.partial(_batch_norm, train, dtype=self.dtype, axis_name=self.bn_axis_name)
+        norm = functools.partial(
+            _batch_norm, train, dtype=self.dtype, axis_name=self.bn_axis_name,
+            two_pass_variance=self.bn_two_pass_variance,
+        )  # fmt: skip
 
         stem_width = self.base_width * self.width_multiplier
         if self.small_stem:
@@ -436,6 +468,7 @@ class ResNet(nn.Module):
             dtype=self.dtype,
             bn_axis_name=self.bn_axis_name,
             einsum_1x1=self.einsum_1x1,
+            bn_two_pass_variance=self.bn_two_pass_variance,
         )
         features = {}
         for i, (channels, num_blocks, stride) in enumerate(
