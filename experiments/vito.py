@@ -31,9 +31,6 @@ come from ImageNet class queries), which is evaluated on ImageNet validation.
 
 from experiments.base import base_config, parse_arg
 
-# The evaluators of the local configs read the embedded images; VITO pretrains on videos.
-_IMAGE_EVALS = ("monitor", "discovery", "seg_probe", "linear_probe", "knn")
-
 
 def get_config(arg: str | None = None):
     args = parse_arg(
@@ -73,7 +70,8 @@ def get_config(arg: str | None = None):
         # the default 0.04..2 s give at the embedded clips' 4 fps.
         config.data.min_offset, config.data.max_offset = 1, 8
         image_data = "synthetic_scenes"
-        for name in _IMAGE_EVALS:
+        # Every evaluator of the `local` base config reads images; VITO pretrains on videos.
+        for name in config.evals:
             config.evals[name].dataset = image_data
         if args.method == "vito":
             config.method_kwargs.attention_hidden = 64

@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests import helpers
 
 # Imports every experiment module and builds its local and its paper-scale variant (ImageNet,
@@ -96,3 +98,17 @@ def test_every_config_field_can_be_overridden_from_the_command_line(monkeypatch)
     config_flags.DEFINE_config_file("config", None, "", flag_values=values)
     values(argv)
     assert values.config.data.eval_image_size == 96
+
+
+@pytest.mark.parametrize("method", ["vito", "moclr"])
+def test_video_local_configs_evaluate_images_on_the_image_dataset(method):
+    """VITO's `local` configs pretrain on `synthetic_videos` (no `image` feature): every
+    evaluator but label propagation must read `synthetic_scenes`, including ones added to the
+    base config later (a missing one fails only at the end of training)."""
+    from experiments import vito
+
+    config = vito.get_config(f"local,method={method}")
+    assert config.data.name == "synthetic_videos"
+    image_evals = [name for name in config.evals if name != "label_propagation"]
+    assert {"linear_probe", "knn", "rank"} <= set(image_evals)
+    assert {config.evals[name].dataset for name in image_evals} == {"synthetic_scenes"}
