@@ -72,12 +72,14 @@ def get_preset(preset: str | AugmentPreset) -> AugmentPreset:
     name, _, overrides = preset.partition(":")
     if name not in PRESETS:
         raise ValueError(f"unknown augmentation preset {name!r}; known: {sorted(PRESETS)}")
-    fields = {f.name: f.type for f in dataclasses.fields(AugmentPreset)}
+    base = PRESETS[name]
+    scalar = sorted(
+        f.name for f in dataclasses.fields(base) if isinstance(getattr(base, f.name), float)
+    )
     changes = {}
     for item in filter(None, (i.strip() for i in overrides.split(","))):
         key, eq, value = item.partition("=")
-        if not eq or fields.get(key) != "float":
-            scalar = sorted(k for k, t in fields.items() if t == "float")
+        if not eq or key not in scalar:
             raise ValueError(
                 f"augmentation preset {preset!r}: {item!r} is not `field=value` with a field of "
                 f"{scalar}"
@@ -88,7 +90,7 @@ def get_preset(preset: str | AugmentPreset) -> AugmentPreset:
             raise ValueError(
                 f"augmentation preset {preset!r}: {key} wants a number, got {value!r}"
             ) from None
-    return dataclasses.replace(PRESETS[name], **changes)
+    return dataclasses.replace(base, **changes)
 
 
 def normalize(images: jax.Array) -> jax.Array:

@@ -3,15 +3,11 @@ the singular values of the features computed independently."""
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
-from common import augment, train
+from common import augment, evaluate
 from common.data import pipeline
 from common.eval import rank, run_evaluators
 from tests import helpers
@@ -68,12 +64,7 @@ def test_evaluator_equals_the_svd_of_independently_computed_features(data_dir):
     config = helpers.tiny_config("byol", data_dir)
     config.evals.rank.enabled = True
     config.evals.rank.batch_size = 16
-    setup = train.build(config, num_examples=256)
-    mesh = train.create_mesh()
-    init = jax.jit(
-        functools.partial(train.init_state, setup), out_shardings=NamedSharding(mesh, P())
-    )
-    state = init(train.init_rng(0))
+    setup, state, mesh = evaluate.restore_state(config, "", initial=True)  # the random network
     got = run_evaluators(setup, state, mesh=mesh, names=["rank"])
 
     module = setup.modules["online"]

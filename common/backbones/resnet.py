@@ -18,7 +18,7 @@ checkpoints give identical features. Facts that matter for that parity:
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -195,6 +195,15 @@ def _batch_norm(
     )
 
 
+def _norm_factory(module: nn.Module, train: bool) -> Callable[..., nn.BatchNorm]:
+    """`_batch_norm` with a block's or network's `dtype`, `bn_axis_name` and
+    `bn_two_pass_variance`; called with `name=` (and `zero_scale=`)."""
+    return functools.partial(
+        _batch_norm, train, dtype=module.dtype, axis_name=module.bn_axis_name,
+        two_pass_variance=module.bn_two_pass_variance,
+    )  # fmt: skip
+
+
 class BlockV1(nn.Module):
     """Post-activation residual block (Haiku `BlockV1`), basic or bottleneck.
 
@@ -228,10 +237,7 @@ class BlockV1(nn.Module):
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         """Args: x `[B, H, W, Cin]`. Returns `[B, H/stride, W/stride, C]`."""
         conv = functools.partial(_conv, dtype=self.dtype, einsum_1x1=self.einsum_1x1)
-        norm = functools.partial(
-            _batch_norm, train, dtype=self.dtype, axis_name=self.bn_axis_name,
-            two_pass_variance=self.bn_two_pass_variance,
-        )  # fmt: skip
+        norm = _norm_factory(self, train)
         shortcut = x
         if self.use_projection:
             shortcut = conv(self.channels, 1, self.stride, name="shortcut_conv")(x)
@@ -274,10 +280,7 @@ class BlockV2(nn.Module):
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         """Args: x `[B, H, W, Cin]`. Returns `[B, H/stride, W/stride, C]` (pre-activation)."""
         conv = functools.partial(_conv, dtype=self.dtype, einsum_1x1=self.einsum_1x1)
-        norm = functools.partial(
-            _batch_norm, train, dtype=self.dtype, axis_name=self.bn_axis_name,
-            two_pass_variance=self.bn_two_pass_variance,
-        )  # fmt: skip
+        norm = _norm_factory(self, train)
         if self.bottleneck:
             c = self.channels // 4
             specs = ((c, 1, 1), (c, 3, self.stride), (self.channels, 1, 1))
@@ -440,10 +443,7 @@ class ResNet(nn.Module):
         # Haiku: every group of a bottleneck net projects; basic nets skip group 0 because the
         # stem already has the group-0 width.
         use_projection = (True,) * 4 if bottleneck else (False, True, True, True)
-        norm = functools.partial(
-            _batch_norm, train, dtype=self.dtype, axis_name=self.bn_axis_name,
-            two_pass_variance=self.bn_two_pass_variance,
-        )  # fmt: skip
+        norm = _norm_factory(self, train)
 
         stem_width = self.base_width * self.width_multiplier
         if self.small_stem:
