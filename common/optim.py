@@ -133,6 +133,69 @@ def lars(
     )
 
 
+def parse_lr_multipliers(spec: str) -> dict[str, float]:
+    """`'predictor=10,backbone=0.5'` -> `{'predictor': 10.0, 'backbone': 0.5}`; `''` -> `{}`.
+
+    Raises:
+      ValueError: naming the malformed item, a repeated name, or a multiplier that is not a
+        positive number.
+    """
+    multipliers: dict[str, float] = {}
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        try:
+            factor = float(value) if sep and name else None
+        except ValueError:
+            factor = None
+        if factor is None or not math.isfinite(factor) or factor <= 0:
+            raise ValueError(
+                f"config.optimizer.lr_multipliers: {item!r} is not 'module=positive number' "
+                f"(e.g. 'predictor=10,backbone=0.5')"
+            )
+        if name in multipliers:
+            raise ValueError(f"config.optimizer.lr_multipliers: {name!r} given twice")
+        multipliers[name] = factor
+    return multipliers
+
+
+def scale_by_module(multipliers: dict[str, float]) -> optax.GradientTransformation:
+    """Multiplies the updates of every leaf under a module named in `multipliers` by its factor.
+
+    Chained after an optimiser whose last step is `-lr * (...)` (LARS, AdamW with its decoupled
+    weight decay), this is that module's learning rate times the factor. A leaf's path is matched
+    component by component (`('online', 'predictor', 'Dense_0', 'kernel')` is under `predictor`);
+    the first named component found from the root wins. A name that matches no leaf is an error
+    at `init`, so a mistyped module does not silently train at the base rate.
+    """
+
+    def factor_of(path) -> float | None:
+        for part in path_names(path):
+            if part in multipliers:
+                return multipliers[part]
+        return None
+
+    def init_fn(params):
+        paths = [path_names(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+        missing = sorted(set(multipliers) - {part for path in paths for part in path})
+        if missing:
+            top = sorted({"/".join(path[:2]) for path in paths})
+            raise ValueError(
+                f"config.optimizer.lr_multipliers: no parameters under {missing}; "
+                f"the parameter tree's modules: {top}"
+            )
+        return optax.EmptyState()
+
+    def update_fn(updates, state, params=None):
+        del params
+        return jax.tree_util.tree_map_with_path(
+            lambda path, u: u if (f := factor_of(path)) is None else u * jnp.asarray(f, u.dtype),
+            updates,
+        ), state
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
 def warmup_cosine_schedule(
     *, base_lr: float, batch_size: int, total_steps: int, warmup_steps: int
 ) -> optax.Schedule:

@@ -129,6 +129,9 @@ def build(config: ml_collections.ConfigDict, num_examples: int | None = None) ->
         tx = optax.adamw(lr, weight_decay=o.weight_decay)
     else:
         raise ValueError(f"config.optimizer.name: unknown optimiser {o.name!r} (lars, adamw)")
+    multipliers = optim.parse_lr_multipliers(o.get("lr_multipliers", ""))
+    if multipliers:
+        tx = optax.chain(tx, optim.scale_by_module(multipliers))
     return Setup(
         config=config,
         method=method,

@@ -109,6 +109,9 @@ def base_config(method: str, variant: str) -> ml_collections.ConfigDict:
             "warmup_epochs": 10,
             "warmup_steps": -1,  # >= 0 overrides warmup_epochs / warmup_rule
             "warmup_rule": "epochs",  # or "detcon": (num_epochs // 100) epochs
+            # Per-module learning rates: 'predictor=10,backbone=0.5' multiplies the updates of
+            # the parameters under those modules (common/optim.py `scale_by_module`).
+            "lr_multipliers": "",
         }
     )
     c.distributed = ml_collections.ConfigDict(

@@ -32,7 +32,9 @@ def _updates(new, old) -> dict[str, np.ndarray]:
     return {k: n[k] - o[k] for k in n}
 
 
-@pytest.mark.parametrize("experiment", ["byol", "detcon_b"])
+# DetCon_B's networks are BYOL's (online, EMA target, predictor) with its mask pooling and loss
+# on top, so BYOL alone would repeat this case.
+@pytest.mark.parametrize("experiment", ["detcon_b"])
 def test_bf16_step_keeps_float32_state_and_matches_the_float32_step(experiment, data_dir):
     # No warm-up: the first step's learning rate is the peak, so its updates are not zero.
     f32 = helpers.tiny_config(experiment, data_dir, **{"optimizer.warmup_steps": 0})

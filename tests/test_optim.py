@@ -244,3 +244,69 @@ def test_vit_backbones_get_the_adamw_preset_and_it_steps_as_written_out():
         lambda g, w: -lr1 * (g / (jnp.abs(g) + 1e-8) + 0.1 * w), grads, params
     )
     chex.assert_trees_all_close(second, want, rtol=1e-5, atol=1e-12)
+
+
+def test_lr_multipliers_parse_and_reject_malformed_items():
+    assert optim.parse_lr_multipliers("") == {}
+    assert optim.parse_lr_multipliers(" predictor=10, backbone=0.5 ") == {
+        "predictor": 10.0,
+        "backbone": 0.5,
+    }
+    for bad in ("predictor", "predictor=", "=2", "predictor=ten", "predictor=0", "backbone=-1",
+                "predictor=nan"):  # fmt: skip
+        with pytest.raises(ValueError, match="lr_multipliers"):
+            optim.parse_lr_multipliers(bad)
+    with pytest.raises(ValueError, match="given twice"):
+        optim.parse_lr_multipliers("predictor=2,predictor=3")
+
+
+def test_module_multiplier_is_that_modules_learning_rate_times_the_factor():
+    """LARS with `block=4` equals LARS at 4x the rate on the leaves under `block` and LARS at
+    the base rate on the others, over several steps of a varying rate (LARS is linear in the
+    rate after its trust ratio, and the momentum trace holds un-scaled updates)."""
+    params, grads = _params(), _grads(4)
+    sched = optim.warmup_cosine_schedule(base_lr=1.0, batch_size=256, total_steps=4,
+                                         warmup_steps=1)  # fmt: skip
+    scaled = optax.chain(optim.lars(sched, weight_decay=0.1), optim.scale_by_module({"block": 4.0}))
+    got = _run(scaled, params, grads)
+    base = _run(optim.lars(sched, weight_decay=0.1), params, grads)
+    fast = _run(optim.lars(lambda s: 4.0 * sched(s), weight_decay=0.1), params, grads)
+    for g, b, f in zip(got, base, fast, strict=True):
+        for path in g:
+            want = f[path] if path[0] == "block" else b[path]
+            np.testing.assert_allclose(g[path], want, rtol=1e-6, atol=1e-7, err_msg=str(path))
+    # ...and the factor did act: the last step's `block` leaves differ from the base rate's.
+    assert all(np.abs(got[-1][p] - base[-1][p]).max() > 1e-6 for p in got[-1] if p[0] == "block")
+
+
+def test_module_multiplier_naming_no_parameter_fails_at_init():
+    with pytest.raises(ValueError, match=r"no parameters under \['predictr'\]"):
+        optim.scale_by_module({"predictr": 10.0}).init(_params())
+
+
+def test_config_lr_multipliers_reach_the_trainers_optimiser():
+    """`--config.optimizer.lr_multipliers=predictor=10` on BYOL `local`: the predictor's first
+    nonzero update is 10x the one without it, the backbone's is the same."""
+    from common import train
+    from experiments import byol
+
+    def updates(spec):
+        config = byol.get_config("local")
+        with config.unlocked():
+            config.optimizer.lr_multipliers = spec
+        setup = train.build(config, num_examples=1000)
+        online = {"predictor": {"Dense_0": {"kernel": jnp.ones((3, 2))}},
+                  "backbone": {"Conv_0": {"kernel": jnp.ones((3, 3, 3, 2))}}}  # fmt: skip
+        params = {"online": online}
+        grads = jax.tree_util.tree_map(lambda w: 0.01 * w, params)
+        state = setup.optimizer.init(params)
+        for _ in range(2):  # the first step is at lr 0 (warm-up)
+            out, state = setup.optimizer.update(grads, state, params)
+        return out["online"]
+
+    plain, fast = updates(""), updates("predictor=10")
+    pred = lambda u: np.asarray(u["predictor"]["Dense_0"]["kernel"])  # noqa: E731
+    back = lambda u: np.asarray(u["backbone"]["Conv_0"]["kernel"])  # noqa: E731
+    assert np.abs(pred(plain)).min() > 0
+    np.testing.assert_allclose(pred(fast), 10.0 * pred(plain), rtol=1e-6)
+    np.testing.assert_array_equal(back(fast), back(plain))

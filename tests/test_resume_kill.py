@@ -1,5 +1,6 @@
-"""SIGKILL at chosen points, for BYOL, DetCon_B and Odin: the resumed run recomputes the lost
-steps and ends bitwise equal, every array of the train state, to the uninterrupted run.
+"""SIGKILL at chosen points, for DetCon_B (whose state holds BYOL's) and Odin: the resumed run
+recomputes the lost steps and ends bitwise equal, every array of the train state, to the
+uninterrupted run.
 
 A real external kill of the trainer's process (`python -m common.train`), at two points the test
 watches for from outside:
@@ -138,7 +139,9 @@ def _skipped(workdir, step):
     return stream["positions"][0] - step * 16
 
 
-@pytest.mark.parametrize("method", ["byol", "detcon_b", "odin"])
+# DetCon_B's train state holds BYOL's (online, EMA target, predictor) and its input adds the
+# masks; Odin adds the discovery network. BYOL alone would repeat DetCon_B's case (66 s of CI).
+@pytest.mark.parametrize("method", ["detcon_b", "odin"])
 def test_sigkill_after_a_logged_step_and_inside_a_save_resumes_bitwise(
     method, bad_data_dir, tmp_path
 ):
