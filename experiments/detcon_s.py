@@ -41,11 +41,10 @@ def get_config(arg: str | None = None):
     config = base_config("detcon_s", args.variant)
     config.data.mask_source = args.mask_source
     config.data.grid_size = args.grid_size
-    # [CODE: simclr run.py] LARS base LR 0.3 (imagenet; local: the recipe sweep's rate, see
-    # experiments/base.py), WD 1e-6, temperature 0.1 (both variants).
+    # [CODE: simclr run.py] LARS base LR 0.3 and WD 1e-6 (imagenet; local: the recipe sweep's
+    # optimiser, see experiments/base.py), temperature 0.1 (both variants).
     if args.variant == "imagenet":
-        config.optimizer.base_lr = 0.3
-    config.optimizer.weight_decay = 1e-6
+        config.optimizer.base_lr, config.optimizer.weight_decay = 0.3, 1e-6
     config.loss.temperature = 0.1
     augment = args.augment or ("simclr" if args.variant == "imagenet" else "lightly")
     if augment not in AUGMENTATIONS:

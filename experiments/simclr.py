@@ -16,9 +16,9 @@ def get_config(arg: str | None = None):
     config = base_config("simclr", args.variant)
     config.loss.temperature = args.temperature
     config.augment.view1 = config.augment.view2 = "simclr"
-    config.optimizer.weight_decay = 1e-6
     if args.variant == "imagenet":
-        config.optimizer.base_lr = 0.3  # local: the recipe sweep's rate (experiments/base.py)
+        # local: the recipe sweep's optimiser (experiments/base.py)
+        config.optimizer.base_lr, config.optimizer.weight_decay = 0.3, 1e-6
         config.num_epochs = args.epochs
         config.model.projector_hidden = 2048
         config.model.projector_dim = 128

@@ -47,7 +47,6 @@ def budget(quick: bool, seed: int) -> runs.Budget:
         steps=40 if quick else 200,
         batch_size=32 if quick else 64,
         eval_every_steps=0,
-        lars_base_lr=None,
         evals=budgets.image_evals(quick),
         seed=seed,
     )
@@ -82,7 +81,7 @@ def per_seed(scores: Mapping[str, Sequence[Mapping[str, float]]], key: str) -> d
 
 def build(quick: bool, root: str, seeds: tuple[int, ...]) -> str:
     first = budget(quick, seeds[0])
-    rate = runs.configure(RUNS[1], first).optimizer.base_lr
+    optimiser = runs.optimiser_text(runs.configure(RUNS[1], first))
     scores: dict[str, list[dict[str, float]]] = {RANDOM: []}
     for seed in seeds:
         b = budget(quick, seed)
@@ -94,7 +93,7 @@ def build(quick: bool, root: str, seeds: tuple[int, ...]) -> str:
     rows = [[label, *(cell(values[key][label]) for key, _ in METRICS)] for label in scores]
     lines = [
         f"Each method's own `local` config: `resnet18` at 48 px views, batch {first.batch_size}, "
-        f"{first.steps} steps, LARS base LR {rate} (`local_recipe.md`); frozen-feature evaluations "
+        f"{first.steps} steps, {optimiser} (`local_recipe.md`); frozen-feature evaluations "
         f"on the embedded test scenes (`budgets.py`), in percent: mean ± standard error over "
         f"{len(seeds)} pretraining seeds ({', '.join(map(str, seeds))}). The random row is the "
         "BYOL config's initialisation at the same seeds.\n",

@@ -16,12 +16,9 @@ Stand-ins for the papers' transfer tasks, all with frozen features on the embedd
 
 from __future__ import annotations
 
-# LARS base rate of every run of the tables (all methods alike): the `local` recipe's, chosen on
-# the validation split by `local_recipe.py` (results/local_recipe.md: 0.4 < 3.2 < 6.4 for BYOL,
-# DetCon_B and SimCLR at 200 steps). The papers' base rates (0.2-0.4) at batch 64 move each layer
-# by lr * 1e-3 * |w| per step, about 30 times less than their recipe at batch 4096, too little
-# for a few hundred steps to separate methods (experiments/paper_tables/README.md).
-LARS_BASE_LR = 6.4
+# Every run of the tables trains with its config's own optimiser: the `local` recipe (AdamW at
+# peak rate 3e-3, experiments/base.py), chosen on the validation split by `local_recipe.py`, the
+# same for every method; the supervised reference keeps its own AdamW recipe.
 
 
 def image_evals(

@@ -2,7 +2,7 @@
 
     python -m experiments.paper_tables.detcon_efficiency [--quick]
 
-BYOL and DetCon_B train with the same backbone, views, batch, steps and LARS rate. The paper
+BYOL and DetCon_B train with the same backbone, views, batch, steps and optimiser. The paper
 compares 300 and 1000 epochs; here the short budget is a third of the long one. Efficiency gain,
 as in the paper: how many times more steps BYOL needs to reach DetCon_B's short-budget score
 (BYOL is evaluated along its whole run and the crossing interpolated); "> x" when BYOL does not
@@ -41,7 +41,6 @@ def budget(quick: bool, seed: int) -> tuple[runs.Budget, int]:
             steps=steps,
             batch_size=32 if quick else 64,
             eval_every_steps=every,
-            lars_base_lr=budgets.LARS_BASE_LR,
             evals=budgets.image_evals(quick),
             seed=seed,
         ),
@@ -76,8 +75,9 @@ def build(quick: bool, root: str, seed: int) -> str:
         curves.append(f"- {name}: {points}")
     lines = [
         PAPER,
-        f"Ours: `local` backbone and 48 px views, batch {b.batch_size}, LARS base LR "
-        f"{b.lars_base_lr}, {b.steps} steps (short budget: {short}); frozen-feature evaluations "
+        f"Ours: `local` backbone and 48 px views, batch {b.batch_size}, "
+        f"{runs.optimiser_text(runs.configure(BYOL, b))} (`local_recipe.md`), {b.steps} steps "
+        f"(short budget: {short}); frozen-feature evaluations "
         "on the embedded test scenes (see `budgets.py`), in percent:\n",
         report.table(columns, rows),
         "\n".join(curves) + "\n",

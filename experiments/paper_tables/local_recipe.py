@@ -62,7 +62,6 @@ def budget(quick: bool, seed: int) -> runs.Budget:
         steps=40 if quick else STEPS,
         batch_size=32 if quick else 64,
         eval_every_steps=0,
-        lars_base_lr=None,  # each run sets its own optimiser
         evals=budgets.image_evals(quick, split="validation"),
         seed=seed,
     )

@@ -3,8 +3,8 @@ DetCon and Odin papers).
 
     python -m experiments.paper_tables.object_comparison [--quick] [--seeds N]
 
-Every method trains the same backbone on the same views with the same batch, steps and LARS
-rate: the default `local` budget, the same runs as `beats_random.py` (a workdir root holding
+Every method trains the same backbone on the same views with the same batch, steps and
+optimiser: the default `local` budget, the same runs as `beats_random.py` (a workdir root holding
 that table's runs makes this one free). All are evaluated by the same frozen-feature probes;
 every cell is the mean and standard error over N pretraining seeds (default 3). The papers
 fine-tune Mask R-CNN on COCO; here the object-level stand-ins are a segmentation probe and
@@ -46,7 +46,7 @@ def budget(quick: bool, seed: int) -> runs.Budget:
 
 def build(quick: bool, root: str, seeds: tuple[int, ...]) -> str:
     b = budget(quick, seeds[0])
-    rate = runs.configure(RUNS[1], b).optimizer.base_lr
+    optimiser = runs.optimiser_text(runs.configure(RUNS[1], b))
     # {label: [results of each seed]}
     by_seed = {run.label: [runs.train(run, budget(quick, s), root)[b.steps] for s in seeds]
                for run in RUNS}  # fmt: skip
@@ -65,7 +65,7 @@ def build(quick: bool, root: str, seeds: tuple[int, ...]) -> str:
     lines = [
         f"Paper: ResNet-50 pretrained on ImageNet, Mask R-CNN fine-tuned on COCO (1x / 2x "
         f"schedules). Ours: `local` backbone, 48 px views, batch {b.batch_size}, {b.steps} steps, "
-        f"LARS base LR {rate} for every method; frozen-feature probes on the embedded test "
+        f"{optimiser} for every method; frozen-feature probes on the embedded test "
         f"scenes, in percent: mean ± standard error over {len(seeds)} pretraining seeds "
         f"({', '.join(map(str, seeds))}). The random network's figures are in "
         "`beats_random.md`.\n",

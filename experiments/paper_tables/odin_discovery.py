@@ -33,7 +33,6 @@ def budget(quick: bool, seed: int, *, network: str = "online", segments: str = "
         steps=60 if quick else 600,
         batch_size=32 if quick else 64,
         eval_every_steps=20 if quick else 150,
-        lars_base_lr=budgets.LARS_BASE_LR,
         evals=evals,
         seed=seed,
     )
@@ -65,8 +64,9 @@ def build(quick: bool, root: str, seed: int) -> str:
     order = sorted(abo, key=abo.get)
     lines = [
         f"Paper: ResNet-50 pretrained on ImageNet, evaluated on COCO. Ours: `local` backbone, "
-        f"48 px views, batch {online.batch_size}, {online.steps} steps, LARS base LR "
-        f"{online.lars_base_lr} (Supervised: its AdamW recipe), evaluated on "
+        f"48 px views, batch {online.batch_size}, {online.steps} steps, "
+        f"{runs.optimiser_text(runs.configure(DETCON_B, online))} (`local_recipe.md`; "
+        f"Supervised: {runs.optimiser_text(runs.configure(SUPERVISED, online))}), evaluated on "
         f"{online.evals['discovery']['examples']} embedded test scenes, in percent.\n",
         report.table(columns, rows),
         f"Odin's discovery network along training (step: ABO^i): {odin_curve}.\n",

@@ -47,9 +47,6 @@ class Budget:
       steps: training steps.
       batch_size: global batch size.
       eval_every_steps: evaluate during training every this many steps (0: at the end only).
-      lars_base_lr: base learning rate of the runs that use LARS (the linear rule's
-        `lr = base_lr * batch / 256`); None keeps each config's own. Runs with another optimizer
-        (the supervised reference uses AdamW) keep theirs.
       evals: evaluator name -> option overrides; evaluators of the config not named here are
         disabled, so every row is measured by the same evaluators with the same options.
       seed: the run seed.
@@ -58,7 +55,6 @@ class Budget:
     steps: int
     batch_size: int
     eval_every_steps: int
-    lars_base_lr: float | None
     evals: Mapping[str, Mapping[str, Any]]
     seed: int = 0
 
@@ -103,8 +99,6 @@ def configure(run: Run, budget: Budget) -> ml_collections.ConfigDict:
     config.total_steps = budget.steps
     config.num_epochs = 0
     config.batch_size = budget.batch_size
-    if budget.lars_base_lr is not None and config.optimizer.name == "lars":
-        config.optimizer.base_lr = budget.lars_base_lr
     config.eval_every_steps = budget.eval_every_steps
     # Checkpoints at the evaluations: an interrupted table resumes a run where it stopped.
     config.checkpoint.every_steps = budget.eval_every_steps or budget.steps
@@ -120,6 +114,18 @@ def configure(run: Run, budget: Budget) -> ml_collections.ConfigDict:
     config.evals = evals
     config.lock()
     return config
+
+
+def optimiser_text(config: ml_collections.ConfigDict) -> str:
+    """How a run's config trains, for a table's header: `AdamW at peak rate 0.003 (base 0.012
+    per 256 images), weight decay 0.0001`."""
+    o = config.optimizer
+    name = {"lars": "LARS", "adamw": "AdamW"}.get(o.name, o.name)
+    peak = o.base_lr * config.batch_size / 256
+    return (
+        f"{name} at peak rate {peak:.3g} (base {o.base_lr:g} per 256 images), "
+        f"weight decay {o.weight_decay:g}"
+    )
 
 
 def dataset_identity(data_config: ml_collections.ConfigDict) -> str:

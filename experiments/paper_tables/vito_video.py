@@ -5,9 +5,9 @@
 Rows: random initialisation; MoCLR on the embedded images (the paper's "MoCLR, ImageNet");
 MoCLR on single video frames (video treated as a set of independent frames: both views from one
 frame); VITO on the embedded videos (temporally displaced frames, multi-scale attention
-pooling). Same backbone, view size, batch, steps and LARS rate. Columns: the paper's transfer
-tasks (PASCAL / ADE20K mIoU, COCO / LVIS AP) beside our frozen-feature stand-ins on the embedded
-scenes and videos (`budgets.py`).
+pooling). Same backbone, view size, batch, steps and optimiser (the `local` recipe). Columns:
+the paper's transfer tasks (PASCAL / ADE20K mIoU, COCO / LVIS AP) beside our frozen-feature
+stand-ins on the embedded scenes and videos (`budgets.py`).
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ def budget(quick: bool, seed: int) -> runs.Budget:
         steps=40 if quick else 400,
         batch_size=32 if quick else 64,
         eval_every_steps=0,
-        lars_base_lr=budgets.LARS_BASE_LR,
         evals=evals,
         seed=seed,
     )
@@ -57,8 +56,8 @@ def build(quick: bool, root: str, seed: int) -> str:
         for label in PAPER_ROWS
     ]
     lines = [
-        f"Ours: `local` backbone, 48 px views, batch {b.batch_size}, {b.steps} steps, LARS base LR "
-        f"{b.lars_base_lr}; in percent.\n",
+        f"Ours: `local` backbone, 48 px views, batch {b.batch_size}, {b.steps} steps, "
+        f"{runs.optimiser_text(runs.configure(VITO, b))} (`local_recipe.md`); in percent.\n",
         report.table(columns, rows),
         "Agreement with the paper (VITO on video matches MoCLR on images and beats frame-level "
         "pretraining on video):\n",
