@@ -205,3 +205,18 @@ def test_object_comparison_reuses_the_beats_random_runs(monkeypatch):
     text = object_comparison.build(False, "unused", (0, 1, 2))
     assert "| Odin | no | 42.9 | 38.4 | 43.8 | 39.1 | 41.0 ± 0.6 |" in text
     assert text.count("10 of 10 pairs in the paper's order") == len(keys)
+
+
+def test_table_headers_name_the_optimiser_the_runs_train_with():
+    """The header text is read from the configured run: the `local` recipe for a method (peak
+    rate = base x batch / 256), the supervised reference's own AdamW recipe."""
+    b = beats_random.budget(False, 0)
+    byol = runs.configure(beats_random.RUNS[1], b)
+    assert byol.optimizer.name == "adamw"
+    assert runs.optimiser_text(byol) == (
+        "AdamW at peak rate 0.003 (base 0.012 per 256 images), weight decay 0.0001"
+    )
+    supervised = runs.configure(odin_discovery.SUPERVISED, odin_discovery.budget(False, 0))
+    assert runs.optimiser_text(supervised) == (
+        "AdamW at peak rate 0.00125 (base 0.005 per 256 images), weight decay 0.0001"
+    )
