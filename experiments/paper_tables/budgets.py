@@ -16,10 +16,6 @@ Stand-ins for the papers' transfer tasks, all with frozen features on the embedd
 
 from __future__ import annotations
 
-# Every run of the tables trains with its config's own optimiser: the `local` recipe (AdamW at
-# peak rate 3e-3, experiments/base.py), chosen on the validation split by `local_recipe.py`, the
-# same for every method; the supervised reference keeps its own AdamW recipe.
-
 
 def image_evals(
     quick: bool, *, discovery_network: str = "online", split: str = "test"

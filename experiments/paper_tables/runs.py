@@ -89,7 +89,12 @@ def set_path(config: ml_collections.ConfigDict, key: str, value: Any) -> None:
 
 
 def configure(run: Run, budget: Budget) -> ml_collections.ConfigDict:
-    """The run's config under the table's budget (locked)."""
+    """The run's config under the table's budget (locked).
+
+    The optimiser stays the config's own: the `local` recipe (experiments/base.py, chosen on
+    the validation split by `local_recipe.py`) for every method, the supervised reference's
+    own AdamW recipe for it.
+    """
     from common.eval import evaluator_config
 
     config = load_config(run.experiment)
