@@ -664,6 +664,10 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                 print(f"SIGTERM: checkpointed step {step} in {ckpt.directory}; exiting", flush=True)
                 sys.exit(0)
     finally:
+        # Free the input pipeline now, not at interpreter exit: there, the tf.data iterator's
+        # destructor waits out its autotuning thread's current sleep (up to about a minute, TF
+        # 2.21), so a preempted or failed run would linger idle after its last line.
+        batches.close()
         preemption.restore()
         ckpt.wait()
         logger.flush()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import weakref
 
 import jax
 import jax.numpy as jnp
@@ -40,6 +41,7 @@ class _Recorder:
         self.dispatched: list[jax.Array] = []
         self.requests: list[tuple[int, bool]] = []
         self.on_request = on_request
+        self.pipelines: list[weakref.ref] = []  # the data iterators the loop was given
         make_step_fn, make_data_iterator = train.make_step_fn, train.make_data_iterator
 
         def step_fn(setup, mesh):
@@ -53,7 +55,9 @@ class _Recorder:
             return step
 
         def data(config, start_step, start_positions=None):
-            return _RecordingIterator(make_data_iterator(config, start_step, start_positions), self)
+            pipeline = make_data_iterator(config, start_step, start_positions)
+            self.pipelines.append(weakref.ref(pipeline))
+            return _RecordingIterator(pipeline, self)
 
         monkeypatch.setattr(train, "make_step_fn", step_fn)
         monkeypatch.setattr(train, "make_data_iterator", data)
@@ -190,10 +194,14 @@ def test_step_compiles_once_over_evaluation_and_an_in_process_resume(
     jax.monitoring.register_event_duration_secs_listener(listener)
     try:
         with monkeypatch.context() as patch:
-            _Recorder(patch, on_request=preempt)
+            recorder = _Recorder(patch, on_request=preempt)
             with pytest.raises(SystemExit) as exit_:
                 train.main(config, workdir)
         assert exit_.value.code == 0
+        # The preempted run freed its input pipeline before exiting, though the exception's
+        # traceback still holds `main`'s frame: left to interpreter exit, the tf.data
+        # iterator's destructor waits out its autotuning thread's sleep (tens of seconds).
+        assert [ref() for ref in recorder.pipelines] == [None]
         assert sorted(_saved_states(workdir)) == [2, 4]
         train.main(config, workdir)
     finally:
