@@ -205,6 +205,9 @@ def test_object_comparison_reuses_the_beats_random_runs(monkeypatch):
     text = object_comparison.build(False, "unused", (0, 1, 2))
     assert "| Odin | no | 42.9 | 38.4 | 43.8 | 39.1 | 41.0 ± 0.6 |" in text
     assert text.count("10 of 10 pairs in the paper's order") == len(keys)
+    # The random network's figures: in the beats_random file of the same budget.
+    assert "are in `beats_random.md`" in text
+    assert "are in `beats_random_quick.md`" in object_comparison.build(True, "unused", (0, 1))
 
 
 def test_table_headers_name_the_optimiser_the_runs_train_with():

@@ -68,7 +68,7 @@ def build(quick: bool, root: str, seeds: tuple[int, ...]) -> str:
         f"{optimiser} for every method; frozen-feature probes on the embedded test "
         f"scenes, in percent: mean ± standard error over {len(seeds)} pretraining seeds "
         f"({', '.join(map(str, seeds))}). The random network's figures are in "
-        "`beats_random.md`.\n",
+        f"`{report.file_name('beats_random', quick)}`.\n",
         report.table(columns, rows),
         "Agreement with the paper's order (SimCLR < BYOL < DetCon_S < DetCon_B < Odin on COCO), "
         "on the means:\n",

@@ -90,10 +90,16 @@ def gain(value: float, kind: str) -> str:
     return f"{prefix}{value:.1f}x"
 
 
+def file_name(name: str, quick: bool) -> str:
+    """`<name>.md`, or `<name>_quick.md` for the `--quick` budget: the table's file in
+    `results/`."""
+    return f"{name}{'_quick' if quick else ''}.md"
+
+
 def write(name: str, text: str, quick: bool) -> str:
     """Writes `results/<name>[_quick].md`; returns its path."""
     os.makedirs(RESULTS_DIR, exist_ok=True)
-    path = os.path.join(RESULTS_DIR, f"{name}{'_quick' if quick else ''}.md")
+    path = os.path.join(RESULTS_DIR, file_name(name, quick))
     with open(path, "w") as f:
         f.write(text)
     print(text)
