@@ -10,9 +10,9 @@ C++ INFO too, unless TF_CPP_MIN_LOG_LEVEL is set), `--verbosity=1` and up for de
 
 Two steps, because TensorFlow reads its C++ log level from the environment once, when it is
 first imported (often indirectly, by clu or TFDS):
-* `quiet_native_logs()` sets TF_CPP_MIN_LOG_LEVEL=2 (errors only) unless the environment
-  already sets it. `common/__init__.py` calls it, so it runs before any module of this project
-  can import TensorFlow.
+* `quiet_native_logs()` sets TF_CPP_MIN_LOG_LEVEL=2 (errors only) and TF_ENABLE_ONEDNN_OPTS=0
+  unless the environment already sets them. `common/__init__.py` calls it, so it runs before
+  any module of this project can import TensorFlow.
 * `quiet()` is called at the start of every entry point (`common.train.main`,
   `common.evaluate`, `common.pictures`, `common.export`, the paper-table commands, the
   notebooks), after absl has parsed the command line.
@@ -27,6 +27,7 @@ import warnings
 
 TF_LOG_LEVEL_VARIABLE = "TF_CPP_MIN_LOG_LEVEL"
 QUIET_TF_LOG_LEVEL = "2"  # TensorFlow/XLA C++ logs: 0 all, 1 no INFO, 2 errors only, 3 none
+TF_ONEDNN_VARIABLE = "TF_ENABLE_ONEDNN_OPTS"
 
 # Set when `quiet_native_logs` chose the C++ log level (the user's environment did not), so
 # that `--verbosity` may lift it again.
@@ -37,11 +38,21 @@ _explicit_verbosity: int | None = None
 
 
 def quiet_native_logs() -> None:
-    """TF_CPP_MIN_LOG_LEVEL=2 for this process and its workers, unless the user set it."""
+    """TF_CPP_MIN_LOG_LEVEL=2 for this process and its workers, unless the user set it; and
+    TensorFlow's oneDNN kernels off (TF_ENABLE_ONEDNN_OPTS=0), unless the user set that.
+
+    Why oneDNN: TensorFlow turns it on by itself on CPUs with AVX-512 VNNI, BF16 or AMX, and
+    then prints "oneDNN custom operations are on ..." at import through absl before any log
+    level applies (TF 2.21 ignores TF_CPP_MIN_LOG_LEVEL for it). TensorFlow only feeds data
+    here (tf.data, the augmentations' image ops; the networks run in JAX), and with oneDNN off
+    its host-side arithmetic is the same on every CPU instead of depending on the chip's
+    instruction set, as TensorFlow's own message warns.
+    """
     global _native_level_is_ours
     if TF_LOG_LEVEL_VARIABLE not in os.environ:
         os.environ[TF_LOG_LEVEL_VARIABLE] = QUIET_TF_LOG_LEVEL
         _native_level_is_ours = True
+    os.environ.setdefault(TF_ONEDNN_VARIABLE, "0")
 
 
 def requested_verbosity() -> int | None:
